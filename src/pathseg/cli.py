@@ -1,0 +1,450 @@
+"""The ``pathseg`` command line. Each command parses its options into a config and calls one function.
+
+Every error caused by input (a bad file, folder or config key) is printed as one line and the
+command exits with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pathseg.errors import ConfigError, PathsegError
+
+app = typer.Typer(
+    help="Label-efficient segmentation of histopathology images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Create and check datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def main() -> None:
+    """Console entry point: ``pathseg``."""
+    try:
+        app()
+    except PathsegError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------------------- train
+
+
+def _train_overrides(
+    train: Path | None,
+    val: Path | None,
+    test: Path | None,
+    classes: str | None,
+    label_fraction: float | None,
+    groups: Path | None,
+    model: str | None,
+    loss: str | None,
+    steps: int | None,
+    batch_size: int | None,
+    crop_size: int | None,
+    scale: float | None,
+    seed: int | None,
+    output: Path | None,
+) -> list[str]:
+    """Turn the convenience options into ``key=value`` overrides (applied before ``--set``)."""
+    pairs: list[str] = []
+    for key, value in [
+        ("data.train", train),
+        ("data.val", val),
+        ("data.test", test),
+        ("data.label_fraction", label_fraction),
+        ("data.groups_csv", groups),
+        ("model.name", model),
+        ("train.steps", steps),
+        ("train.batch_size", batch_size),
+        ("data.crop_size", crop_size),
+        ("data.scale", scale),
+        ("train.seed", seed),
+        ("output", output),
+    ]:
+        if value is not None:
+            pairs.append(f"{key}={value}")
+    if classes is not None:
+        pairs.append("data.classes=" + json.dumps(parse_classes(classes)))
+    if loss is not None:
+        pairs.append("loss.terms=" + json.dumps(parse_loss(loss)))
+    return pairs
+
+
+def parse_classes(text: str) -> dict[str, int] | list[str]:
+    """``"background=0,gland=255"`` -> mapping; ``"tumour,stroma"`` -> names with values 0..K-1."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if all("=" not in item for item in items):
+        return items
+    mapping = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            mapping[name.strip()] = int(value)
+        except ValueError:
+            raise ConfigError(
+                f"--classes: {item!r} must look like name=value with an integer value"
+            ) from None
+    return mapping
+
+
+def parse_loss(text: str) -> dict[str, float]:
+    """``"ce+dice"`` or ``"ce:1,dice:0.5"`` -> weights per loss term."""
+    terms = {}
+    for item in text.replace("+", ",").split(","):
+        name, _, weight = item.strip().partition(":")
+        try:
+            terms[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ConfigError(f"--loss: weight in {item!r} is not a number") from None
+    return terms
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    train_dir: Annotated[Path | None, typer.Option("--train", help="Folder with images/ and masks/.")] = None,
+    val_dir: Annotated[
+        Path | None, typer.Option("--val", help="Validation folder (default: split from --train).")
+    ] = None,
+    test_dir: Annotated[
+        Path | None, typer.Option("--test", help="Test folder, evaluated after training.")
+    ] = None,
+    classes: Annotated[str | None, typer.Option(help='Class map, e.g. "background=0,gland=255".')] = None,
+    label_fraction: Annotated[
+        float | None, typer.Option(help="Fraction of labelled training images to use.")
+    ] = None,
+    groups: Annotated[
+        Path | None, typer.Option(help="CSV of image -> patient, for patient-wise splits.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Registered model name (see `pathseg models`).")] = None,
+    loss: Annotated[str | None, typer.Option(help='Loss terms, e.g. "ce+dice" or "focal:1,dice:1".')] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-b", help="Batch size per process.")
+    ] = None,
+    crop_size: Annotated[int | None, typer.Option(help="Training crop and inference tile size.")] = None,
+    scale: Annotated[float | None, typer.Option(help="Resize factor applied to images (0.5 = half).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Any config key: --set train.lr=3e-4")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    init: Annotated[Path | None, typer.Option(help="Start from these weights (file or run folder).")] = None,
+) -> None:
+    """Train a segmenter on an images/ + masks/ folder and evaluate it on whole images."""
+    from pathseg.config import SupervisedConfig, resolve_config
+    from pathseg.methods import supervised
+    from pathseg.report.run_report import build_run_report
+
+    pairs = _train_overrides(
+        train_dir,
+        val_dir,
+        test_dir,
+        classes,
+        label_fraction,
+        groups,
+        model,
+        loss,
+        steps,
+        batch_size,
+        crop_size,
+        scale,
+        seed,
+        output,
+    ) + list(overrides or [])
+    if resume:
+        cfg = _resume_config(config, output, pairs)
+    else:
+        cfg = resolve_config(SupervisedConfig, config, pairs)
+        _refuse_existing_run(Path(cfg.output))
+    console.print(f"run folder: [bold]{cfg.output}[/]")
+    started = time.perf_counter()
+    outcome = supervised.train(cfg, resume=resume, init=init)
+    outcome["wall_s"] = time.perf_counter() - started
+    if _is_main():
+        report = build_run_report(Path(cfg.output), monitor=cfg.train.monitor)
+        if "test" in outcome:
+            _print_metrics(outcome["test"], "test metrics")
+        console.print(f"report: {report}")
+
+
+def _is_main() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if (run_dir / "checkpoints" / "last.json").exists():
+        raise ConfigError(
+            f"{run_dir}: a run already exists here; use --resume to continue it or choose another --out"
+        )
+
+
+def _resume_config(config: Path | None, output: Path | None, pairs: list[str]):
+    """The saved config of the run in ``--out``; only ``train.steps`` may change (to train longer)."""
+    from pathseg.config import SupervisedConfig, resolve_config, to_plain
+
+    if output is None:
+        raise ConfigError("--resume needs --out RUN_FOLDER (the run to continue)")
+    saved_file = output / "config.yaml"
+    if not saved_file.exists():
+        raise ConfigError(f"{output}: no config.yaml; is this a pathseg run folder?")
+    saved = resolve_config(SupervisedConfig, saved_file)
+    if config is None and not pairs:
+        return saved
+    wanted = resolve_config(SupervisedConfig, config or saved_file, pairs)
+    a, b = to_plain(saved), to_plain(wanted)
+    a["train"].pop("steps"), b["train"].pop("steps")
+    if a != b:
+        changed = sorted(
+            f"{section}.{key}"
+            for section in a
+            for key in (a[section] if isinstance(a[section], dict) else [""])
+            if (a[section].get(key) if isinstance(a[section], dict) else a[section])
+            != (b[section].get(key) if isinstance(b[section], dict) else b[section])
+        )
+        raise ConfigError(
+            f"{saved_file}: --resume continues the saved config, but these keys differ: {', '.join(changed)} "
+            "(only train.steps may change); start a new run instead"
+        )
+    return wanted
+
+
+# ------------------------------------------------------------------------------ evaluate/predict
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (holds model.safetensors).")],
+    data: Annotated[Path, typer.Option(help="Folder with images/ and masks/ to evaluate on.")],
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write results.")] = None,
+    overlap: Annotated[float | None, typer.Option(help="Sliding-window overlap (0-1).")] = None,
+    object_metrics: Annotated[bool, typer.Option(help="GlaS object F1/Dice/Hausdorff.")] = True,
+    max_overlays: Annotated[int, typer.Option(help="How many overlay panels to save.")] = 16,
+) -> None:
+    """Score a trained model on whole images: metrics table, per-image CSV, overlay PNGs."""
+    from pathseg.data.folders import check_samples, discover_dataset
+    from pathseg.inference.evaluate import evaluate_samples
+    from pathseg.methods.supervised import load_run, window_settings
+
+    model, cfg, class_map = load_run(run)
+    samples = discover_dataset(data, mask_suffix=cfg.data.mask_suffix)
+    check_samples(samples, class_map)
+    window = window_settings(cfg)
+    if overlap is not None:
+        window.overlap = overlap
+    out = output or run / f"eval_{data.name}"
+    evaluator = evaluate_samples(
+        model,
+        samples,
+        class_map,
+        window,
+        cfg.data.scale,
+        object_metrics,
+        out_dir=out,
+        max_overlays=max_overlays,
+    )
+    _print_metrics(evaluator.summary(), f"{data} ({len(samples)} images)")
+    console.print(f"results: {out}/metrics.json, {out}/per_image.csv, {out}/overlays/")
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    images: Annotated[Path, typer.Argument(help="Folder of images to segment.")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="Output folder (masks/ and overlays/).")],
+    overlays: Annotated[bool, typer.Option(help="Also save overlay PNGs.")] = True,
+) -> None:
+    """Segment a folder of images: palette PNG masks of class indices plus overlays."""
+    from pathseg.data.folders import find_images
+    from pathseg.inference.evaluate import predict_paths
+    from pathseg.methods.supervised import load_run, window_settings
+
+    model, cfg, class_map = load_run(run)
+    paths = find_images(images)
+    written = predict_paths(model, paths, class_map, window_settings(cfg), output, cfg.data.scale, overlays)
+    classes = ", ".join(f"{i}={name}" for i, name in enumerate(class_map.names))
+    console.print(f"wrote {len(written)} masks to {output / 'masks'} (pixel values: {classes})")
+
+
+@app.command("models")
+def list_models_command() -> None:
+    """List the registered networks."""
+    from pathseg.models import list_models
+
+    for name in list_models():
+        console.print(name)
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+@data_app.command("synth")
+def data_synth(
+    output: Annotated[
+        Path, typer.Argument(help="Folder to write (images/, masks/, instances/, tissue/ ...).")
+    ],
+    num_images: Annotated[int, typer.Option("--num", "-n", help="Number of tiles.")] = 64,
+    size: Annotated[int, typer.Option(help="Tile size in pixels.")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed; tile i is the same whatever --num is.")] = 0,
+) -> None:
+    """Write a procedural H&E-like dataset (glands, nuclei, tissue classes) for demos and tests."""
+    from pathseg.data.synthetic import SynthConfig, write_dataset
+
+    with console.status("generating") as status:
+        write_dataset(
+            output,
+            num_images,
+            seed=seed,
+            config=SynthConfig(size=size),
+            progress=lambda i, n: status.update(f"generating tile {i}/{n}"),
+        )
+    console.print(f"wrote {num_images} tiles to {output} (see {output / 'dataset.yaml'})")
+
+
+@data_app.command("check")
+def data_check(
+    folder: Annotated[Path, typer.Argument(help="Folder with images/ and masks/.")],
+    classes: Annotated[
+        str, typer.Option(help='Class map, e.g. "background=0,gland=255".')
+    ] = "background=0,gland=255",
+    mask_suffix: Annotated[str, typer.Option(help="Mask stem suffix, e.g. _anno.")] = "",
+) -> None:
+    """Open every image and mask and report the first problem (unreadable, size mismatch, bad values)."""
+    from pathseg.data.classes import ClassMap
+    from pathseg.data.folders import check_samples, discover_dataset
+
+    class_map = ClassMap.from_config(parse_classes(classes))
+    samples = discover_dataset(folder, mask_suffix=mask_suffix)
+    check_samples(samples, class_map)
+    console.print(f"{folder}: {len(samples)} image/mask pairs, all readable and consistent")
+
+
+# --------------------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("demo_out"),
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
+    num_images: Annotated[int, typer.Option("--num", "-n", help="Synthetic tiles to generate.")] = 48,
+    size: Annotated[int, typer.Option(help="Tile size.")] = 192,
+) -> None:
+    """Synthetic data -> train -> evaluate -> HTML report, in a few minutes on a laptop CPU."""
+    import shutil
+
+    from pathseg.config import SupervisedConfig, resolve_config
+    from pathseg.data.synthetic import SynthConfig, write_dataset
+    from pathseg.methods import supervised
+    from pathseg.report.run_report import build_run_report
+
+    started = time.perf_counter()
+    data_dir = output / "data"
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    console.print(f"1/3 generating {num_images} synthetic H&E tiles in {data_dir}")
+    full = data_dir / "all"
+    write_dataset(full, num_images, seed=0, config=SynthConfig(size=size))
+    _split_demo_data(full, data_dir, test_fraction=0.25)
+    run_dir = output / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    cfg = resolve_config(
+        SupervisedConfig,
+        None,
+        [
+            f"data.train={data_dir / 'train'}",
+            f"data.test={data_dir / 'test'}",
+            f"data.groups_csv={full / 'groups.csv'}",
+            'data.classes={"background": 0, "gland": 1}',
+            "data.crop_size=128",
+            "data.val_fraction=0.2",
+            "data.augment.stain_jitter=0.05",
+            "model.name=unet_small",
+            f"train.steps={steps}",
+            "train.batch_size=8",
+            "train.lr=2e-3",
+            "train.warmup_steps=20",
+            f"train.eval_every={max(steps // 4, 1)}",
+            f"train.checkpoint_every={max(steps // 4, 1)}",
+            "train.ema_decay=0.99",
+            f"output={run_dir}",
+        ],
+    )
+    console.print(f"2/3 training {cfg.model.name} for {steps} steps")
+    outcome = supervised.train(cfg)
+    console.print("3/3 evaluating on held-out tiles and writing the report")
+    elapsed = time.perf_counter() - started
+    intro = (
+        f"<p>Synthetic H&amp;E-like tiles ({num_images} at {size} px) from <code>pathseg data synth</code>, "
+        f"split by pseudo-patient; a {cfg.model.name} trained for {steps} steps. Total wall time "
+        f"{elapsed:.0f} s.</p>"
+    )
+    report = build_run_report(
+        run_dir, "pathseg demo: gland segmentation on synthetic tissue", [("What this is", intro)]
+    )
+    _print_metrics(outcome.get("test", {}), "demo test metrics")
+    console.print(f"report: [bold]{report}[/] ({elapsed:.0f} s)")
+
+
+def _split_demo_data(full: Path, data_dir: Path, test_fraction: float) -> None:
+    """Copy whole pseudo-patients into train/ and test/ so no patient is on both sides."""
+    import csv
+    import shutil
+
+    from pathseg.data.folders import discover_dataset
+    from pathseg.data.splits import train_val_split
+
+    with open(full / "groups.csv") as handle:
+        groups = {row["name"]: row["patient"] for row in csv.DictReader(handle)}
+    samples = discover_dataset(full)
+    train_samples, test_samples = train_val_split(samples, test_fraction, seed=0, groups=groups)
+    for name, part in (("train", train_samples), ("test", test_samples)):
+        for sub in ("images", "masks"):
+            (data_dir / name / sub).mkdir(parents=True, exist_ok=True)
+        for sample in part:
+            shutil.copy(sample.image, data_dir / name / "images" / sample.image.name)
+            shutil.copy(sample.mask, data_dir / name / "masks" / sample.mask.name)
+
+
+def _print_metrics(metrics: dict[str, float], title: str) -> None:
+    keys = [
+        "dice",
+        "iou",
+        "global_dice",
+        "pixel_accuracy",
+        "precision",
+        "recall",
+        "object_f1",
+        "object_dice",
+        "hd95",
+        "object_hausdorff",
+    ]
+    shown = [k for k in keys if k in metrics]
+    if not shown:
+        return
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in shown:
+        table.add_row(key, f"{metrics[key]:.4f}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Typed run configurations: YAML file, then ``key.path=value`` overrides, validated by pydantic.
+
+Unknown keys are errors (a typo must not silently fall back to a default). The resolved config is
+saved as ``config.yaml`` in every run folder, so ``pathseg train --config <run>/config.yaml``
+reproduces a run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pathseg.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class AugmentSection(Strict):
+    flips: bool = True
+    rotate90: bool = True
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    color_jitter: float = 0.0
+    stain_jitter: float = 0.0
+
+
+class DataSection(Strict):
+    """Where the data is and how to read it.
+
+    ``train``/``val``/``test`` are folders holding ``images/`` and ``masks/`` (matching file stems);
+    without ``val`` a validation split is cut from ``train`` by ``val_fraction``, by group when
+    ``groups_csv`` is given. ``classes`` maps class names to the pixel value(s) used in the mask files.
+    """
+
+    train: Path | None = None
+    val: Path | None = None
+    test: Path | None = None
+    mask_suffix: str = ""
+    classes: dict[str, int | list[int]] | list[str] = Field(
+        default_factory=lambda: {"background": 0, "foreground": [1, 255]}
+    )
+    ignore_values: list[int] = Field(default_factory=list)
+    groups_csv: Path | None = None
+    label_fraction: float = 1.0
+    val_fraction: float = 0.15
+    scale: float = 1.0
+    crop_size: int = 256
+    augment: AugmentSection = Field(default_factory=AugmentSection)
+
+
+class ModelSection(Strict):
+    name: str = "unet"
+    # Everything else is passed to the model's constructor; the registry rejects unknown names.
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    def kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if k != "name"}
+
+
+class LossSection(Strict):
+    terms: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0, "dice": 1.0})
+    focal_gamma: float = 2.0
+    class_weights: list[float] | None = None
+
+
+class TrainSection(Strict):
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0
+    precision: Literal["bf16", "fp32"] = "bf16"
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    log_every: int = 10
+    num_workers: int = 0
+    seed: int = 0
+    monitor: str = "dice"
+    monitor_mode: Literal["max", "min"] = "max"
+    device: str = "auto"
+    threads: int | None = None
+
+
+class EvalSection(Strict):
+    overlap: float = 0.25
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    sw_batch_size: int = 4
+    object_metrics: bool = True
+    max_overlays: int = 16
+
+
+class SupervisedConfig(Strict):
+    """Everything ``pathseg train`` needs."""
+
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output: Path = Path("runs/train")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.steps=500"`` -> (["train", "steps"], 500); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err.problem})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = config
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {key!r} is not a section")
+        node[path[-1]] = value
+    return config
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"{path}: config file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def resolve_config(schema: type[Strict], path: Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Load ``path`` (optional), apply overrides, validate against ``schema``; errors name the key."""
+    raw = load_yaml(path) if path else {}
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, schema, path)) from None
+
+
+def _explain(err: ValidationError, schema: type[Strict], path: Path | None) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    where = f"{path}: " if path else ""
+    if first["type"] == "extra_forbidden":
+        known = _known_keys(schema, [str(p) for p in first["loc"][:-1]])
+        hint = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(known)})"
+        return f"{where}unknown config key {key!r}{suggestion}"
+    return f"{where}config key {key!r}: {first['msg']} (got {first.get('input')!r})"
+
+
+def _known_keys(schema: type[BaseModel], parents: list[str]) -> list[str]:
+    model: Any = schema
+    for name in parents:
+        field = model.model_fields.get(name)
+        if (
+            field is None
+            or not isinstance(field.annotation, type)
+            or not issubclass(field.annotation, BaseModel)
+        ):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def to_plain(config: BaseModel) -> dict[str, Any]:
+    """JSON/YAML-ready dict (paths as strings, tuples as lists)."""
+    return config.model_dump(mode="json")

@@ -1,0 +1,350 @@
+"""The training loop every method uses.
+
+One function, :func:`fit`, readable top to bottom: build the optimizer and schedule, restore a
+checkpoint when resuming, then for each step draw a batch, compute the loss under bf16 autocast,
+step, update the EMA, log, validate and checkpoint. Methods supply the model, the dataset, a loss
+function and an evaluation function; the loop knows nothing about segmentation or diffusion.
+
+Distributed runs: launch the same command with ``torchrun --nproc_per_node N``; each rank takes its
+slice of every global batch (see :mod:`pathseg.engine.sampling`), gradients are averaged by DDP, and
+only rank 0 evaluates and writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from pathseg.engine import checkpoint as ckpt
+from pathseg.engine.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    setup_distributed,
+)
+from pathseg.engine.ema import EMA
+from pathseg.engine.progress import StepProgress
+from pathseg.engine.sampling import StepSampler
+from pathseg.errors import ConfigError, PathsegError
+from pathseg.models.weights import save_weights
+
+LossFunction = Callable[[nn.Module, dict[str, Any]], tuple[Tensor, dict[str, float]]]
+EvaluateFunction = Callable[[nn.Module, int], dict[str, float]]
+
+
+@dataclass
+class TrainerConfig:
+    """Knobs of the loop itself (the method decides model, data and loss).
+
+    Args:
+        steps: total optimizer steps (a resumed run finishes at the same step).
+        batch_size: samples per step on each process.
+        lr, weight_decay: AdamW settings.
+        warmup_steps: linear warm-up from 0 to ``lr``.
+        schedule: ``"cosine"`` decays to ``lr * min_lr_ratio`` at ``steps``; ``"constant"`` keeps ``lr``.
+        grad_clip: max global gradient norm (0 disables clipping).
+        ema_decay: EMA of the weights used for validation and the final model (0 disables).
+        precision: ``"bf16"`` autocast (CPU and GPU) or ``"fp32"``.
+        eval_every, checkpoint_every, log_every: in steps; the last step always evaluates and checkpoints.
+        num_workers: data-loader worker processes.
+        seed: seeds model init (done by the caller), batch order and augmentations.
+        monitor, monitor_mode: which validation metric selects the best checkpoint.
+        device: ``"auto"`` picks CUDA when available.
+    """
+
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0
+    precision: Literal["bf16", "fp32"] = "bf16"
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    log_every: int = 10
+    num_workers: int = 0
+    seed: int = 0
+    monitor: str = "dice"
+    monitor_mode: Literal["max", "min"] = "max"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise ConfigError(
+                f"train.steps and train.batch_size must be positive (got {self.steps}, {self.batch_size})"
+            )
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"train.schedule must be 'cosine' or 'constant', not {self.schedule!r}")
+        if self.precision not in ("bf16", "fp32"):
+            raise ConfigError(f"train.precision must be 'bf16' or 'fp32', not {self.precision!r}")
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    final_step: int
+    best: dict[str, Any] | None
+    model: nn.Module
+    """The weights to use for inference: EMA (when on) from the best checkpoint, else the last."""
+
+
+def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", dist_info.local_rank)
+    return torch.device(name)
+
+
+def lr_lambda(config: TrainerConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if config.warmup_steps and step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    if value is None or math.isnan(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def fit(
+    model: nn.Module,
+    train_dataset: Dataset,
+    loss_fn: LossFunction,
+    run_dir: Path,
+    config: TrainerConfig,
+    evaluate_fn: EvaluateFunction | None = None,
+    resume: bool = False,
+    collate_fn: Callable | None = None,
+    show_progress: bool = True,
+) -> FitResult:
+    """Train ``model`` for ``config.steps`` steps and write checkpoints and logs to ``run_dir``.
+
+    Args:
+        model: the network, already initialised (identically on every rank).
+        train_dataset: indexed by ``(index, augmentation_seed)`` pairs (see ``StepSampler``).
+        loss_fn: ``(model, batch) -> (loss, logs)``; runs under autocast.
+        evaluate_fn: ``(model, step) -> metrics``; called on rank 0 with the EMA model when EMA is on.
+        resume: continue from ``run_dir/checkpoints/last.json`` with optimizer, EMA, schedule, RNG
+            and step restored.
+    """
+    dist_info = setup_distributed()
+    device = resolve_device(config.device, dist_info)
+    checkpoint_dir = run_dir / "checkpoints"
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
+    start_step, best = 0, None
+
+    if resume:
+        folder, state = ckpt.load_checkpoint(checkpoint_dir)
+        ckpt.load_weights_into(model, folder / "model.safetensors")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            if "ema" not in state:
+                raise PathsegError(f"{folder}: checkpoint has no EMA state but train.ema_decay > 0")
+            ema.load_counters(state["ema"])
+            ema.model.load_state_dict(ckpt.load_file(str(folder / "ema.safetensors")))
+        ckpt.restore_rng_state(state["rng"])
+        start_step, best = state["step"], state.get("best")
+        if dist_info.is_main:
+            _truncate_log(run_dir / "metrics.jsonl", start_step)
+        if start_step >= config.steps:
+            raise PathsegError(
+                f"{run_dir}: already at step {start_step} of {config.steps}; raise train.steps to go on"
+            )
+    train_model: nn.Module = model
+    if dist_info.enabled:
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    sampler = StepSampler(
+        len(train_dataset), config.batch_size, config.seed, start_step, dist_info.rank, dist_info.world_size
+    )
+    # A private generator keeps the loader from drawing on the global torch RNG, whose state a
+    # resume restores: otherwise a resumed run would see different dropout/noise than a straight one.
+    loader = DataLoader(
+        train_dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        collate_fn=collate_fn,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        generator=torch.Generator().manual_seed(config.seed),
+        persistent_workers=config.num_workers > 0,
+    )
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if config.precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    log_file = run_dir / "metrics.jsonl"
+    writer = _tensorboard(run_dir) if dist_info.is_main else None
+    progress = StepProgress(
+        config.steps, start_step, run_dir.name, enabled=show_progress and dist_info.is_main
+    )
+    batches = iter(loader)
+    window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
+
+    model.train()
+    for step in range(start_step + 1, config.steps + 1):
+        batch = _move(next(batches), device)
+        with autocast:
+            loss, logs = loss_fn(train_model, batch)
+        if not torch.isfinite(loss):
+            raise PathsegError(
+                f"{run_dir}: loss became {loss.item()} at step {step}; lower train.lr or check the data"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
+            if config.grad_clip > 0
+            else 0.0
+        )
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(model)
+
+        window_loss += loss.item()
+        window_count += 1
+        if dist_info.is_main and (step % config.log_every == 0 or step == config.steps):
+            elapsed = time.perf_counter() - window_start
+            record = {
+                "step": step,
+                "loss": window_loss / window_count,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "images_per_s": window_count * config.batch_size * dist_info.world_size / max(elapsed, 1e-9),
+                **logs,
+            }
+            _log(log_file, writer, "train", record)
+            window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
+        progress.update(step, f"loss {loss.item():.4f}")
+
+        is_last = step == config.steps
+        if evaluate_fn is not None and (step % config.eval_every == 0 or is_last):
+            if dist_info.is_main:
+                eval_model = ema.model if ema is not None else model
+                eval_model.eval()
+                with torch.no_grad(), autocast:
+                    metrics = evaluate_fn(eval_model, step)
+                model.train()
+                _log(log_file, writer, "val", {"step": step, **metrics})
+                value = metrics.get(config.monitor)
+                if _better(value, best["value"] if best else None, config.monitor_mode):
+                    best = {"step": step, "metric": config.monitor, "value": float(value)}
+                progress.log(
+                    f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if _scalar(v))
+                )
+            barrier(dist_info)
+            if dist_info.enabled:
+                best = broadcast_object(dist_info, best)
+        if step % config.checkpoint_every == 0 or is_last or (best is not None and best["step"] == step):
+            if dist_info.is_main:
+                state = {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": ckpt.capture_rng_state(),
+                    "best": best,
+                    "trainer_config": asdict(config),
+                }
+                if ema is not None:
+                    state["ema"] = ema.counters()
+                keep = (f"step_{best['step']:07d}",) if best else ()
+                ckpt.save_checkpoint(checkpoint_dir, step, model, state, ema.model if ema else None, keep)
+                if best is not None and best["step"] == step:
+                    ckpt.mark_best(checkpoint_dir, step, best["metric"], best["value"])
+            barrier(dist_info)
+
+    progress.close()
+    if writer is not None:
+        writer.close()
+    final_model = ema.model if ema is not None else model
+    if dist_info.is_main:
+        final_model = _export_final(run_dir, model, final_model, best)
+    cleanup_distributed(dist_info)
+    return FitResult(run_dir=run_dir, final_step=config.steps, best=best, model=final_model)
+
+
+def _export_final(run_dir: Path, model: nn.Module, final_model: nn.Module, best: dict | None) -> nn.Module:
+    """Write ``run_dir/model.safetensors``: the best checkpoint's weights (EMA when on), else the last."""
+    checkpoint_dir = run_dir / "checkpoints"
+    pointer = (
+        "best.json" if best is not None and ckpt.read_pointer(checkpoint_dir, "best.json") else "last.json"
+    )
+    info = ckpt.read_pointer(checkpoint_dir, pointer)
+    folder = checkpoint_dir / info["dir"]
+    source = folder / ("ema.safetensors" if (folder / "ema.safetensors").exists() else "model.safetensors")
+    final_model.load_state_dict(ckpt.load_file(str(source)))
+    save_weights(final_model, run_dir / "model.safetensors")  # atomic: temporary file, then rename
+    ckpt.atomic_write_text(
+        run_dir / "final.json", json.dumps({"source": str(source.relative_to(run_dir)), **(best or {})})
+    )
+    return final_model
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drop log lines a killed run wrote after its last checkpoint; the resumed run writes them again."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line and json.loads(line).get("step", 0) <= last_step
+    ]
+    ckpt.atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional at run time; JSONL is the source of truth
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def _log(path: Path, writer, split: str, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"split": split, **record}) + "\n")
+    if writer is not None:
+        for key, value in record.items():
+            if key != "step" and _scalar(value):
+                writer.add_scalar(f"{split}/{key}", value, record["step"])

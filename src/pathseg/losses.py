@@ -1,0 +1,101 @@
+"""Segmentation losses with a real ignore index.
+
+All losses take raw logits ``(B, K, H, W)`` and integer targets ``(B, H, W)``; pixels equal to
+``ignore_index`` contribute nothing (neither to the numerator nor to the normaliser), which is what
+weak or partial labels need. MONAI's Dice/focal losses expect one-hot targets and have no ignore
+index, hence these small implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pathseg.errors import ConfigError
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def cross_entropy(
+    logits: Tensor, target: Tensor, ignore_index: int = 255, class_weights: Tensor | None = None
+) -> Tensor:
+    """Mean cross-entropy over the labelled pixels (0 when every pixel is ignored)."""
+    valid = target != ignore_index
+    if not valid.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index)
+
+
+def soft_dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, smooth: float = 1.0) -> Tensor:
+    """1 - mean over classes of the soft Dice, pooled over the batch.
+
+    Pooling over the whole batch (rather than per image) keeps the loss defined for crops that do
+    not contain a class; ``smooth`` then only matters when a class is absent from the batch.
+    """
+    num_classes = logits.shape[1]
+    valid = (target != ignore_index).unsqueeze(1).float()
+    probs = logits.float().softmax(dim=1) * valid
+    one_hot = F.one_hot(target.clamp(0, num_classes - 1), num_classes).permute(0, 3, 1, 2).float() * valid
+    dims = (0, 2, 3)
+    intersection = (probs * one_hot).sum(dims)
+    denominator = probs.sum(dims) + one_hot.sum(dims)
+    dice = (2 * intersection + smooth) / (denominator + smooth)
+    return 1.0 - dice.mean()
+
+
+def focal_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, gamma: float = 2.0) -> Tensor:
+    """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)^gamma, mean over labelled pixels."""
+    valid = target != ignore_index
+    if not valid.any():
+        return logits.sum() * 0.0
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    safe_target = target.clamp(0, logits.shape[1] - 1).unsqueeze(1)
+    log_p_true = log_probs.gather(1, safe_target).squeeze(1)[valid]
+    return (-((1 - log_p_true.exp()) ** gamma) * log_p_true).mean()
+
+
+LOSSES: dict[str, Callable[..., Tensor]] = {
+    "ce": cross_entropy,
+    "dice": soft_dice_loss,
+    "focal": focal_loss,
+}
+
+
+def register_loss(name: str, fn: Callable[..., Tensor]) -> None:
+    """Make a loss term available to :func:`build_loss` (methods add their own, e.g. SSIM)."""
+    LOSSES[name] = fn
+
+
+def build_loss(
+    terms: Mapping[str, float],
+    ignore_index: int = 255,
+    focal_gamma: float = 2.0,
+    class_weights: list[float] | None = None,
+) -> LossFn:
+    """A weighted sum of named loss terms, e.g. ``{"ce": 1.0, "dice": 1.0}``."""
+    unknown = sorted(set(terms) - set(LOSSES))
+    if unknown:
+        raise ConfigError(f"unknown loss term(s) {unknown}; known: {sorted(LOSSES)}")
+    if not terms:
+        raise ConfigError("loss.terms is empty; give at least one of " + ", ".join(sorted(LOSSES)))
+    weights_tensor = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+
+    def loss(logits: Tensor, target: Tensor) -> Tensor:
+        total = logits.new_zeros((), dtype=torch.float32)
+        for name, weight in terms.items():
+            if weight == 0:
+                continue
+            if name == "ce":
+                cw = weights_tensor.to(logits.device) if weights_tensor is not None else None
+                value = cross_entropy(logits, target, ignore_index, cw)
+            elif name == "focal":
+                value = focal_loss(logits, target, ignore_index, focal_gamma)
+            else:
+                value = LOSSES[name](logits, target, ignore_index=ignore_index)
+            total = total + weight * value
+        return total
+
+    return loss

@@ -1,0 +1,182 @@
+"""Supervised segmentation: the baseline every label-efficient method is compared with.
+
+Reads an ``images/`` + ``masks/`` folder, optionally keeps only a label fraction (by patient when a
+groups CSV is given), trains a registered network with the engine and evaluates whole images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pathseg.config import SupervisedConfig, to_plain
+from pathseg.data.classes import ClassMap
+from pathseg.data.datasets import SegmentationDataset
+from pathseg.data.folders import Sample, check_samples, discover_dataset, read_groups_csv
+from pathseg.data.splits import label_fraction_subset, train_val_split
+from pathseg.data.transforms import AugmentConfig, build_train_transform
+from pathseg.engine import TrainerConfig, fit, write_run_info
+from pathseg.errors import ConfigError
+from pathseg.inference.evaluate import WindowSettings, evaluate_samples
+from pathseg.losses import build_loss
+from pathseg.models import create_model
+from pathseg.models.weights import load_weights
+
+
+@dataclass
+class DataSplits:
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    held_out: list[Sample]
+    """Training images whose labels were dropped by ``label_fraction`` (usable as unlabeled data)."""
+
+
+def class_map_from(config: SupervisedConfig) -> ClassMap:
+    return ClassMap.from_config(config.data.classes, ignore_values=config.data.ignore_values)
+
+
+def prepare_splits(config: SupervisedConfig, class_map: ClassMap, check: bool = True) -> DataSplits:
+    """Find, validate and split the data. Splitting happens per image (or patient) before any cropping."""
+    data = config.data
+    if data.train is None:
+        raise ConfigError("data.train is not set: give a folder with images/ and masks/ (--train PATH)")
+    samples = discover_dataset(data.train, mask_suffix=data.mask_suffix)
+    groups = read_groups_csv(data.groups_csv) if data.groups_csv else None
+    if groups:
+        samples = [Sample(s.stem, s.image, s.mask, groups.get(s.stem)) for s in samples]
+    if data.val is not None:
+        train, val = samples, discover_dataset(data.val, mask_suffix=data.mask_suffix)
+    else:
+        train, val = train_val_split(samples, data.val_fraction, config.train.seed, groups)
+    labelled = label_fraction_subset(train, data.label_fraction, config.train.seed, groups)
+    chosen = {s.stem for s in labelled}
+    held_out = [s for s in train if s.stem not in chosen]
+    test = discover_dataset(data.test, mask_suffix=data.mask_suffix) if data.test is not None else []
+    if check:
+        for part in (labelled, val, test):
+            check_samples(part, class_map)
+    return DataSplits(labelled, val, test, held_out)
+
+
+def build_model(config: SupervisedConfig, num_classes: int) -> nn.Module:
+    torch.manual_seed(config.train.seed)  # identical initial weights on every DDP rank and every rerun
+    return create_model(config.model.name, in_channels=3, num_classes=num_classes, **config.model.kwargs())
+
+
+def trainer_config(config: SupervisedConfig) -> TrainerConfig:
+    section = config.train.model_dump()
+    section.pop("threads")
+    return TrainerConfig(**section)
+
+
+def window_settings(config: SupervisedConfig) -> WindowSettings:
+    return WindowSettings(
+        config.data.crop_size, config.eval.overlap, config.eval.blend, config.eval.sw_batch_size
+    )
+
+
+def train(
+    config: SupervisedConfig,
+    resume: bool = False,
+    init: Path | None = None,
+    show_progress: bool = True,
+    extra_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train, keep the best checkpoint by validation Dice, evaluate on ``data.test`` when given.
+
+    Args:
+        init: weights to start from (a ``.safetensors`` file or a run folder holding ``model.safetensors``);
+            keys that do not match the model's shapes (e.g. another head) are reported and skipped.
+    """
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    class_map = class_map_from(config)
+    splits = prepare_splits(config, class_map)
+    run_dir = Path(config.output)
+    info = {
+        "train_images": [s.stem for s in splits.train],
+        "val_images": [s.stem for s in splits.val],
+        "test_images": len(splits.test),
+        **(extra_info or {}),
+    }
+    write_run_info(run_dir, to_plain(config))
+    (run_dir / "splits.json").write_text(json.dumps(info, indent=2))
+
+    model = build_model(config, len(class_map.names))
+    if init is not None and not resume:
+        path = init / "model.safetensors" if init.is_dir() else init
+        load_weights(model, path, strict=False)
+
+    augment = AugmentConfig(crop_size=config.data.crop_size, **config.data.augment.model_dump())
+    dataset = SegmentationDataset(
+        splits.train,
+        class_map,
+        transform=build_train_transform(augment, class_map.ignore_index),
+        scale=config.data.scale,
+        seed=config.train.seed,
+    )
+    loss_terms = build_loss(
+        config.loss.terms, class_map.ignore_index, config.loss.focal_gamma, config.loss.class_weights
+    )
+
+    def loss_fn(net: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        return loss_terms(net(batch["image"]), batch["mask"]), {}
+
+    window = window_settings(config)
+
+    def evaluate_fn(net: nn.Module, step: int) -> dict[str, float]:
+        evaluator = evaluate_samples(
+            net, splits.val, class_map, window, config.data.scale, object_metrics=False
+        )
+        summary = evaluator.summary()
+        return {k: v for k, v in summary.items() if k in ("dice", "iou", "miou", "pixel_accuracy", "hd95")}
+
+    result = fit(
+        model,
+        dataset,
+        loss_fn,
+        run_dir,
+        trainer_config(config),
+        evaluate_fn=evaluate_fn if splits.val else None,
+        resume=resume,
+        show_progress=show_progress,
+    )
+    outcome: dict[str, Any] = {"run_dir": str(run_dir), "best": result.best, "final_step": result.final_step}
+    if splits.test and _is_main_process():
+        evaluator = evaluate_samples(
+            result.model.eval(),
+            splits.test,
+            class_map,
+            window,
+            config.data.scale,
+            object_metrics=config.eval.object_metrics,
+            out_dir=run_dir / "test",
+            max_overlays=config.eval.max_overlays,
+        )
+        outcome["test"] = evaluator.summary()
+    return outcome
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def load_run(run_dir: Path) -> tuple[nn.Module, SupervisedConfig, ClassMap]:
+    """The inference model (``model.safetensors``), config and class map of a finished run."""
+    from pathseg.config import resolve_config
+    from pathseg.models.weights import model_from_file
+
+    weights = run_dir / "model.safetensors"
+    if not weights.exists():
+        raise ConfigError(f"{run_dir}: no model.safetensors (did training finish? resume it with --resume)")
+    raw_config = run_dir / "config.yaml"
+    config = resolve_config(SupervisedConfig, raw_config)
+    model = model_from_file(weights).eval()
+    return model, config, class_map_from(config)

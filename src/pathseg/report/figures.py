@@ -1,0 +1,111 @@
+"""Pictures a person looks at: mask overlays, prediction panels, learning curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt
+import numpy as np
+from skimage.segmentation import find_boundaries
+
+DEFAULT_PALETTE = [
+    (0, 0, 0),
+    (0, 200, 83),
+    (255, 82, 82),
+    (41, 121, 255),
+    (255, 193, 7),
+    (170, 0, 255),
+    (0, 188, 212),
+    (255, 109, 0),
+    (118, 255, 3),
+    (233, 30, 99),
+]
+
+
+def palette_for(num_classes: int) -> list[tuple[int, int, int]]:
+    return [DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)] for i in range(num_classes)]
+
+
+def overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    palette: list[tuple[int, int, int]] | None = None,
+    alpha: float = 0.45,
+    background: int | None = 0,
+    ignore_index: int | None = 255,
+) -> np.ndarray:
+    """Blend class colours over an RGB image, with a darker outline at class borders.
+
+    ``background`` (and ignored pixels) stay uncoloured so the tissue remains visible.
+    """
+    palette = palette or palette_for(int(labels.max()) + 1 if labels.size else 1)
+    colours = np.array(palette, dtype=np.float32)
+    out = image.astype(np.float32).copy()
+    paint = np.ones(labels.shape, bool)
+    if background is not None:
+        paint &= labels != background
+    if ignore_index is not None:
+        paint &= labels != ignore_index
+    safe = np.clip(labels, 0, len(colours) - 1)
+    out[paint] = (1 - alpha) * out[paint] + alpha * colours[safe[paint]]
+    edges = find_boundaries(np.where(paint, safe + 1, 0), mode="inner")
+    out[edges] = 0.4 * colours[safe[edges]]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def prediction_panel(
+    image: np.ndarray,
+    truth: np.ndarray | None,
+    prediction: np.ndarray,
+    palette: list[tuple[int, int, int]],
+    ignore_index: int | None = 255,
+) -> np.ndarray:
+    """Image | truth overlay | prediction overlay, side by side with white gutters."""
+    tiles = [image]
+    if truth is not None:
+        tiles.append(overlay(image, truth, palette, ignore_index=ignore_index))
+    tiles.append(overlay(image, prediction, palette, ignore_index=None))
+    gutter = np.full((image.shape[0], 6, 3), 255, np.uint8)
+    parts = []
+    for tile in tiles:
+        parts += [tile, gutter]
+    return np.concatenate(parts[:-1], axis=1)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def learning_curves(metrics_file: Path, out_png: Path, monitor: str = "dice") -> Path | None:
+    """Training loss and validation ``monitor`` against step, from a run's ``metrics.jsonl``."""
+    records = read_jsonl(metrics_file)
+    train = [r for r in records if r.get("split") == "train"]
+    val = [r for r in records if r.get("split") == "val" and monitor in r]
+    if not train:
+        return None
+    fig, ax_loss = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    ax_loss.plot(
+        [r["step"] for r in train], [r["loss"] for r in train], color="#555", lw=1.2, label="train loss"
+    )
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("train loss")
+    ax_loss.grid(alpha=0.3)
+    if val:
+        ax_val = ax_loss.twinx()
+        ax_val.plot(
+            [r["step"] for r in val], [r[monitor] for r in val], "o-", color="#2e7d32", label=f"val {monitor}"
+        )
+        ax_val.set_ylabel(f"validation {monitor}")
+        ax_val.set_ylim(0, 1)
+    fig.legend(loc="upper center", ncol=2, frameon=False)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,240 @@
+"""The command line as a user meets it: one-line errors, a killed run resumed, evaluate and predict."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from pathseg.cli import app, parse_classes, parse_loss
+from pathseg.errors import ConfigError
+
+runner = CliRunner()
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def tiny_train_args(root: Path, out: Path, steps: int = 16) -> list[str]:
+    return [
+        "train",
+        "--train",
+        str(root / "train"),
+        "--test",
+        str(root / "test"),
+        "--classes",
+        "background=0,gland=1",
+        "--model",
+        "unet_small",
+        "--crop-size",
+        "64",
+        "--steps",
+        str(steps),
+        "-b",
+        "2",
+        "--out",
+        str(out),
+        "--set",
+        "model.base_channels=8",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "train.eval_every=8",
+        "--set",
+        "train.log_every=2",
+        "--set",
+        "train.ema_decay=0.9",
+        "--set",
+        "train.warmup_steps=2",
+        "--set",
+        "data.val_fraction=0.25",
+        "--set",
+        "train.threads=1",
+    ]
+
+
+def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pathseg.cli", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
+
+
+def last_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
+    last = json.loads((run_dir / "checkpoints" / "last.json").read_text())
+    return load_file(str(run_dir / "checkpoints" / last["dir"] / name))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(synth_root: Path, tmp_path: Path) -> None:
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = run_cli(tiny_train_args(synth_root, straight))
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pathseg.cli", *tiny_train_args(synth_root, killed)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pointer = killed / "checkpoints" / "last.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 6:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed; make the run longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(pointer.read_text())["step"]
+    assert 6 <= killed_at < 16
+    # Every checkpoint left on disk is complete and loadable.
+    for folder in (killed / "checkpoints").glob("step_*"):
+        load_file(str(folder / "model.safetensors"))
+        torch.load(folder / "training_state.pt", weights_only=False)
+
+    resumed = run_cli(["train", "--resume", "--out", str(killed)])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(pointer.read_text())["step"] == 16
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = last_weights(straight, name), last_weights(killed, name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    steps = [
+        json.loads(line)["step"]
+        for line in (killed / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["split"] == "train"
+    ]
+    assert steps == list(range(2, 17, 2))  # no duplicated or missing log lines after the resume
+
+    # The finished run evaluates and predicts from the CLI.
+    evaluated = run_cli(
+        ["evaluate", str(killed), "--data", str(synth_root / "test"), "--out", str(tmp_path / "ev")]
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert 0.0 <= metrics["dice"] <= 1.0 and metrics["num_images"] == 4
+    assert len(list((tmp_path / "ev" / "overlays").glob("*.png"))) == 4
+    predicted = run_cli(
+        ["predict", str(killed), str(synth_root / "test" / "images"), "--out", str(tmp_path / "pr")]
+    )
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert len(list((tmp_path / "pr" / "masks").glob("*.png"))) == 4
+    assert (killed / "report.html").exists() and (killed / "environment.json").exists()
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def _run_main(args: list[str]):
+    """Run the real entry point (with its error handling) in-process and capture what a user sees."""
+    import contextlib
+    import io
+
+    from pathseg import cli
+
+    stderr, stdout = io.StringIO(), io.StringIO()
+    old = sys.argv
+    sys.argv = ["pathseg", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+            cli.err_console.file = stderr
+            try:
+                cli.main()
+            except SystemExit as exit_:
+                code = exit_.code or 0
+    finally:
+        sys.argv = old
+        cli.err_console.file = sys.stderr
+
+    class Result:
+        exit_code = code
+        output = stderr.getvalue()
+
+    return Result()
+
+
+def test_unknown_config_key_is_one_line(tmp_path: Path, synth_root: Path) -> None:
+    line = one_line_error(
+        _run_main(
+            [
+                "train",
+                "--train",
+                str(synth_root / "train"),
+                "--set",
+                "train.stepz=3",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+    )
+    assert "unknown config key 'train.stepz'" in line and "did you mean 'steps'" in line
+
+
+def test_bad_yaml_config_file_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("data:\n  train: [unclosed\n")
+    line = one_line_error(_run_main(["train", "-c", str(config)]))
+    assert str(config) in line
+
+
+def test_missing_training_folder_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    line = one_line_error(_run_main(["train", "--train", str(missing), "--out", str(tmp_path / "r")]))
+    assert str(missing) in line
+
+
+def test_mask_with_unknown_values_names_the_mask(tmp_path: Path, synth_root: Path) -> None:
+    # The synthetic masks hold 0/1; declaring only 0 and 255 makes value 1 unknown.
+    line = one_line_error(_run_main(["data", "check", str(synth_root / "train"), "--classes", "bg=0,fg=255"]))
+    assert "synth_0000" in line and "not in the class map" in line
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path, synth_root: Path) -> None:
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.json").write_text('{"step": 1, "dir": "step_0000001"}')
+    line = one_line_error(_run_main(["train", "--train", str(synth_root / "train"), "--out", str(run)]))
+    assert "--resume" in line
+
+
+def test_parse_helpers() -> None:
+    assert parse_classes("background=0,gland=255") == {"background": 0, "gland": 255}
+    assert parse_classes("tumour, stroma") == ["tumour", "stroma"]
+    assert parse_loss("ce+dice") == {"ce": 1.0, "dice": 1.0}
+    assert parse_loss("focal:2,dice:0.5") == {"focal": 2.0, "dice": 0.5}
+    with pytest.raises(ConfigError):
+        parse_classes("a=x")
+
+
+def test_every_command_has_help() -> None:
+    for args in (
+        ["--help"],
+        ["train", "--help"],
+        ["evaluate", "--help"],
+        ["predict", "--help"],
+        ["demo", "--help"],
+        ["data", "synth", "--help"],
+        ["data", "check", "--help"],
+        ["models", "--help"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage" in result.output, args
