@@ -54,7 +54,7 @@ class DataSection(Strict):
 
 
 class ModelSection(Strict):
-    name: str = "unet"
+    name: str = "deeplabv3plus_resnet18"
     # Everything else is passed to the model's constructor; the registry rejects unknown names.
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 

@@ -18,6 +18,7 @@ from pathseg.data.classes import ClassMap
 from pathseg.data.folders import Sample
 from pathseg.data.io import read_image, read_label_image, write_mask
 from pathseg.data.transforms import resize_pair
+from pathseg.errors import DataError
 from pathseg.inference.sliding_window import predict_image
 from pathseg.metrics import SegmentationEvaluator
 from pathseg.report.figures import prediction_panel
@@ -31,20 +32,32 @@ class WindowSettings:
     sw_batch_size: int = 4
 
 
-def load_pair(sample: Sample, class_map: ClassMap, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
+def load_pair(sample: Sample, class_map: ClassMap) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image and its class-index mask at native resolution, checked to match in size."""
     image = read_image(sample.image)
     mask = class_map.encode(read_label_image(sample.mask), sample.mask) if sample.mask else None
     if mask is not None and mask.shape != image.shape[:2]:
-        from pathseg.errors import DataError
-
-        raise DataError(
-            sample.mask,
-            f"mask is {mask.shape[1]}x{mask.shape[0]} but image "
-            f"{sample.image.name} is {image.shape[1]}x{image.shape[0]}",
-        )
-    if scale != 1.0:
-        image, mask = resize_pair(image, mask, scale)
+        (mh, mw), (ih, iw) = mask.shape, image.shape[:2]
+        raise DataError(sample.mask, f"mask is {mw}x{mh} but image {sample.image.name} is {iw}x{ih}")
     return image, mask
+
+
+def segment(model: nn.Module, image: np.ndarray, window: WindowSettings, scale: float = 1.0) -> np.ndarray:
+    """Class map at the image's native resolution; the model sees it resized by ``scale``.
+
+    Probabilities (not labels) are upsampled back, so borders stay smooth and metrics are always
+    computed against the original masks.
+    """
+    small = resize_pair(image, None, scale)[0] if scale != 1.0 else image
+    prediction, probs = predict_image(
+        model, small, window.tile_size, window.overlap, window.blend, window.sw_batch_size
+    )
+    if scale == 1.0:
+        return prediction
+    full = F.interpolate(
+        torch.from_numpy(probs)[None], size=image.shape[:2], mode="bilinear", align_corners=False
+    )
+    return full[0].argmax(dim=0).numpy()
 
 
 def evaluate_samples(
@@ -59,8 +72,8 @@ def evaluate_samples(
 ) -> SegmentationEvaluator:
     """Predict every sample on the whole image and score it against its mask.
 
-    Metrics are computed once per image, at the resolution the model works at (``scale``); no crop
-    or overlapping patch is counted twice (seeds-spec 1.9). With ``out_dir``, writes
+    Metrics are computed once per whole image at its native resolution, whatever ``scale`` the
+    model works at; no crop or overlapping patch is counted twice (seeds-spec 1.9). With ``out_dir``, writes
     ``per_image.csv``, ``metrics.json`` and up to ``max_overlays`` panels under ``overlays/``.
     """
     evaluator = SegmentationEvaluator(
@@ -70,10 +83,8 @@ def evaluate_samples(
     )
     palette = class_map.palette()
     for index, sample in enumerate(samples):
-        image, truth = load_pair(sample, class_map, scale)
-        prediction, _ = predict_image(
-            model, image, window.tile_size, window.overlap, window.blend, window.sw_batch_size
-        )
+        image, truth = load_pair(sample, class_map)
+        prediction = segment(model, image, window, scale)
         evaluator.update(prediction, truth, name=sample.stem)
         if out_dir is not None and index < max_overlays:
             panel = prediction_panel(image, truth, prediction, palette, class_map.ignore_index)
@@ -118,13 +129,7 @@ def predict_paths(
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     for path in images:
         full = read_image(path)
-        image = resize_pair(full, None, scale)[0] if scale != 1.0 else full
-        prediction, probs = predict_image(
-            model, image, window.tile_size, window.overlap, window.blend, window.sw_batch_size
-        )
-        if scale != 1.0:  # upsample probabilities, not labels, so borders stay smooth
-            full_probs = F.interpolate(torch.from_numpy(probs)[None], size=full.shape[:2], mode="bilinear")
-            prediction = full_probs[0].argmax(dim=0).numpy()
+        prediction = segment(model, full, window, scale)
         mask_path = out_dir / "masks" / f"{path.stem}.png"
         write_mask(mask_path, prediction.astype(np.uint8), palette=palette)
         written.append(mask_path)

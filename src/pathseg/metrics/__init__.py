@@ -4,7 +4,13 @@ Everything here is plain numpy/scipy; conventions (empty masks, ignored pixels, 
 definition) are stated in each module's docstring.
 """
 
-from pathseg.metrics.distance import boundary_coordinates, hausdorff_distance, hd95, image_diagonal
+from pathseg.metrics.distance import (
+    boundary_coordinates,
+    hausdorff_distance,
+    hausdorff_distances,
+    hd95,
+    image_diagonal,
+)
 from pathseg.metrics.evaluator import SegmentationEvaluator
 from pathseg.metrics.instances import aji, panoptic_quality
 from pathseg.metrics.objects import (
@@ -24,6 +30,7 @@ __all__ = [
     "dice_score",
     "glas_object_metrics",
     "hausdorff_distance",
+    "hausdorff_distances",
     "hd95",
     "image_diagonal",
     "iou_score",

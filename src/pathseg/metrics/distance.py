@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["boundary_coordinates", "hausdorff_distance", "hd95", "image_diagonal"]
+__all__ = ["boundary_coordinates", "hausdorff_distance", "hausdorff_distances", "hd95", "image_diagonal"]
 
 
 def _as_mask(x: np.ndarray, what: str) -> np.ndarray:

@@ -75,9 +75,6 @@ class SegmentationEvaluator:
         self._object_counts = np.zeros(3, dtype=np.int64)  # tp, fp, fn
         self._has_objects = False
 
-    def _fg_classes(self) -> list[int]:
-        return list(range(self.foreground_start, self.num_classes))
-
     def update(
         self,
         pred: np.ndarray,
@@ -96,14 +93,15 @@ class SegmentationEvaluator:
         metrics: dict[str, float] = scores_from_confusion(cm, self.class_names, self.foreground_start)
 
         valid = None if self.ignore_index is None else target != self.ignore_index
-        fg_classes = self._fg_classes()
+        fg_classes = range(self.foreground_start, self.num_classes)
 
-        def fg(label_map: np.ndarray, classes: list[int]) -> np.ndarray:
-            mask = np.isin(label_map, classes) if len(classes) > 1 else label_map == classes[0]
+        def fg(mask: np.ndarray) -> np.ndarray:
             return mask if valid is None else mask & valid
 
-        pred_fg = fg(pred, fg_classes)
-        target_fg = fg(target, fg_classes)
+        # Class values were range-checked by confusion_matrix (outside ignored pixels, which
+        # `valid` removes), so the foreground classes are exactly the values >= foreground_start.
+        pred_fg = fg(pred >= self.foreground_start)
+        target_fg = fg(target >= self.foreground_start)
 
         if self.distance_metrics:
             hd, hd_95 = hausdorff_distances(pred_fg, target_fg, [100.0, 95.0], self.spacing)
@@ -112,7 +110,7 @@ class SegmentationEvaluator:
             if len(fg_classes) > 1:
                 for c in fg_classes:
                     metrics[f"hd95/{self.class_names[c]}"] = hausdorff_distances(
-                        fg(pred, [c]), fg(target, [c]), [95.0], self.spacing
+                        fg(pred == c), fg(target == c), [95.0], self.spacing
                     )[0]
 
         if self.object_metrics:

@@ -2,9 +2,9 @@
 
 Inputs are instance label maps: 0 is background and every positive id is one object (ids need not
 be consecutive). Binary masks become objects through :func:`label_objects`, which uses 8-connected
-components (``connectivity=2``), the default of MATLAB's ``bwlabel`` that the GlaS organisers'
-evaluation code was written in. Touching glands therefore merge unless the ground truth supplies
-its own instance map.
+components (``connectivity=2``), the 2-D default of both MATLAB's ``bwlabel`` (the language of the
+challenge's evaluation code) and ``skimage.measure.label``. Touching glands therefore merge unless
+the ground truth supplies its own instance map.
 
 Definitions (as in the challenge's evaluation code)
 ---------------------------------------------------
@@ -79,22 +79,32 @@ class _Geometry:
         ).reshape(-1, 4)
         self.boxes: list[list[int]] = boxes.tolist()
         self.extents = boxes * np.repeat(scale, 2)
+        self._edge: np.ndarray | None = None
         self._grouped: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, cKDTree, np.ndarray, float]] = {}
+        self._partner: np.ndarray | None = None
+        self._other: np.ndarray | None = None
+        self._loose: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def _group_boundaries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _edge_mask(self) -> np.ndarray:
         # Boundary as in boundary_coordinates: a pixel with a 4-neighbour outside its object
-        # (another object, background or the image border). One sort groups all objects at once,
-        # which stays cheap when a prediction holds hundreds of specks.
-        padded = np.pad(self.compact, 1)
-        core = padded[1:-1, 1:-1]
-        edge = (
-            (padded[:-2, 1:-1] != core)
-            | (padded[2:, 1:-1] != core)
-            | (padded[1:-1, :-2] != core)
-            | (padded[1:-1, 2:] != core)
-        )
-        flat = np.flatnonzero(edge & (core > 0))
+        # (another object, background or the image border).
+        if self._edge is None:
+            padded = np.pad(self.compact, 1)
+            core = padded[1:-1, 1:-1]
+            edge = (
+                (padded[:-2, 1:-1] != core)
+                | (padded[2:, 1:-1] != core)
+                | (padded[1:-1, :-2] != core)
+                | (padded[1:-1, 2:] != core)
+            )
+            self._edge = edge & (core > 0)
+        return self._edge
+
+    def _group(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row/column indices of the pixels in ``mask`` sorted by object, and each object's start."""
+        # One sort groups all objects at once, which stays cheap with hundreds of specks.
+        flat = np.flatnonzero(mask)
         labels = self.compact.ravel()[flat]
         flat = flat[np.argsort(labels, kind="stable")]
         starts = np.zeros(self.n + 2, dtype=np.int64)
@@ -102,11 +112,28 @@ class _Geometry:
         rows, cols = np.divmod(flat, self.compact.shape[1])
         return rows, cols, starts
 
+    def set_partners(self, other: np.ndarray, partner: np.ndarray) -> None:
+        """The other map and, per object, its best-overlapping object there (index 0: none)."""
+        self._other = other
+        self._partner = partner
+
+    def is_partner(self, k: int, other_k: int) -> bool:
+        return self._partner is not None and int(self._partner[k]) == other_k
+
+    def loose_pixels(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Interior pixels of object ``k`` that lie outside its partner object."""
+        if self._loose is None:
+            assert self._other is not None and self._partner is not None
+            interior = (self.compact > 0) & ~self._edge_mask()
+            self._loose = self._group(interior & (self._other != self._partner[self.compact]))
+        rows, cols, starts = self._loose
+        return rows[starts[k] : starts[k + 1]], cols[starts[k] : starts[k + 1]]
+
     def boundary(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, cKDTree, np.ndarray, float]:
         """Boundary rows, columns, scaled points, their KD-tree and a disc (centre, radius) holding them."""
         if k not in self._cache:
             if self._grouped is None:
-                self._grouped = self._group_boundaries()
+                self._grouped = self._group(self._edge_mask())
             rows, cols, starts = self._grouped
             r, c = rows[starts[k] : starts[k + 1]], cols[starts[k] : starts[k + 1]]
             pts = self.points(r, c)
@@ -185,10 +212,18 @@ class _ObjectEvaluation:
     def _geometry(self) -> tuple[_Geometry, _Geometry]:
         if self._geo is None:
             scale = np.asarray(self.spacing, dtype=np.float64)
-            self._geo = (
-                _Geometry(self.pair.gt, self.pair.n_gt, scale),
-                _Geometry(self.pair.pred, self.pair.n_pred, scale),
-            )
+            geo_g = _Geometry(self.pair.gt, self.pair.n_gt, scale)
+            geo_s = _Geometry(self.pair.pred, self.pair.n_pred, scale)
+            # Best-overlap partners as compact ids (0 when an object overlaps nothing).
+            inter = self.pair.inter
+            partner_g = np.zeros(self.pair.n_gt + 1, dtype=np.int64)
+            partner_s = np.zeros(self.pair.n_pred + 1, dtype=np.int64)
+            if inter.size:
+                partner_g[1:] = np.where(inter.max(axis=1) > 0, inter.argmax(axis=1) + 1, 0)
+                partner_s[1:] = np.where(inter.max(axis=0) > 0, inter.argmax(axis=0) + 1, 0)
+            geo_g.set_partners(self.pair.pred, partner_g)
+            geo_s.set_partners(self.pair.gt, partner_s)
+            self._geo = (geo_g, geo_s)
         return self._geo
 
     def _pair_hd(self, g: int, s: int) -> float:
@@ -220,7 +255,14 @@ class _ObjectEvaluation:
         br0, br1, bc0, bc1 = geo_b.boxes[b - 1]
         r0, r1 = max(ar0, br0 + 1), min(ar1, br1 - 1)
         c0, c1 = max(ac0, bc0 + 1), min(ac1, bc1 - 1)
-        if r0 <= r1 and c0 <= c1:
+        if touching and geo_a.is_partner(a, b):
+            # Usual case, an object and its best-overlapping partner: the interior pixels of A
+            # outside B were listed once for the whole image, so no box has to be scanned.
+            lr, lc = geo_a.loose_pixels(a)
+            keep = (lr >= r0) & (lr <= r1) & (lc >= c0) & (lc <= c1)
+            if keep.any():
+                pts = np.concatenate([pts, geo_a.points(lr[keep], lc[keep])])
+        elif r0 <= r1 and c0 <= c1:
             inner = geo_a.compact[r0 : r1 + 1, c0 : c1 + 1] == a
             if touching:
                 inner &= geo_b.compact[r0 : r1 + 1, c0 : c1 + 1] != b
