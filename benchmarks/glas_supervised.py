@@ -62,7 +62,12 @@ def build_method(name: str, seed: int) -> tuple[nn.Module, callable, AugmentConf
             return terms(net(batch["image"]), batch["mask"]), {}
 
         augment = AugmentConfig(
-            crop_size=CROP, scale_range=(0.8, 1.25), color_jitter=0.1, stain_jitter=0.05, flips=True, rotate90=True
+            crop_size=CROP,
+            scale_range=(0.8, 1.25),
+            color_jitter=0.1,
+            stain_jitter=0.05,
+            flips=True,
+            rotate90=True,
         )
         return model, loss, augment, 0.999
     if name == "monai_flexibleunet":
@@ -86,8 +91,15 @@ def calibrate_step_time(method: str, dataset, seed: int, steps: int = 4) -> floa
     """Seconds per training step of this method on this machine (the first step is warm-up)."""
     model, loss, _, _ = build_method(method, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainerConfig(steps=steps, batch_size=BATCH, precision="bf16", checkpoint_every=10**6, log_every=1,
-                               warmup_steps=0, seed=seed)
+        config = TrainerConfig(
+            steps=steps,
+            batch_size=BATCH,
+            precision="bf16",
+            checkpoint_every=10**6,
+            log_every=1,
+            warmup_steps=0,
+            seed=seed,
+        )
         fit(model, dataset, loss, Path(tmp), config, show_progress=False)
         records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["images_per_s"] for r in records[1:]]
@@ -99,33 +111,55 @@ def run_one(method: str, fraction: float, seed: int, budget_s: float, data: Path
     groups = read_groups_csv(data / "grade.csv")
     labelled = label_fraction_subset(samples, fraction, seed, groups)
     model, loss, augment, ema = build_method(method, seed)
-    dataset = SegmentationDataset(labelled, CLASSES, build_train_transform(augment, CLASSES.ignore_index), SCALE,
-                                  seed=seed)
+    dataset = SegmentationDataset(
+        labelled, CLASSES, build_train_transform(augment, CLASSES.ignore_index), SCALE, seed=seed
+    )
     dataset.preload()
     step_s = calibrate_step_time(method, dataset, seed)
     steps = max(20, int(budget_s / step_s))
     config = TrainerConfig(
-        steps=steps, batch_size=BATCH, lr=1e-3, weight_decay=1e-4, warmup_steps=min(100, steps // 10),
-        schedule="cosine", ema_decay=ema, precision="bf16", checkpoint_every=max(steps // 4, 1), log_every=10,
+        steps=steps,
+        batch_size=BATCH,
+        lr=1e-3,
+        weight_decay=1e-4,
+        warmup_steps=min(100, steps // 10),
+        schedule="cosine",
+        ema_decay=ema,
+        precision="bf16",
+        checkpoint_every=max(steps // 4, 1),
+        log_every=10,
         seed=seed,
     )
     run_dir = work / f"{method}_{fraction}_{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    print(f"== {method} fraction {fraction}: {len(labelled)} images, {step_s:.2f} s/step -> {steps} steps", flush=True)
+    print(
+        f"== {method} fraction {fraction}: {len(labelled)} images, {step_s:.2f} s/step -> {steps} steps",
+        flush=True,
+    )
     started = time.perf_counter()
     result = fit(model, dataset, loss, run_dir, config, show_progress=True)
     train_s = time.perf_counter() - started
     test = discover_dataset(data / "testA")
     started = time.perf_counter()
-    evaluator = evaluate_samples(result.model.eval(), test, CLASSES, WindowSettings(CROP, 0.25, "gaussian", 4), SCALE)
+    evaluator = evaluate_samples(
+        result.model.eval(), test, CLASSES, WindowSettings(CROP, 0.25, "gaussian", 4), SCALE
+    )
     eval_s = time.perf_counter() - started
     summary = evaluator.summary()
     metrics = {k: summary[k] for k in REPORTED}
     print(f"   {method} {fraction}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
     return {
-        "method": method, "dataset": "glas", "split": "testA", "label_fraction": fraction, "seed": seed,
-        "metrics": metrics, "train_steps": steps, "wall_s": round(train_s, 1), "eval_wall_s": round(eval_s, 1),
-        "images_per_s": round(steps * BATCH / train_s, 2), "train_images": len(labelled),
+        "method": method,
+        "dataset": "glas",
+        "split": "testA",
+        "label_fraction": fraction,
+        "seed": seed,
+        "metrics": metrics,
+        "train_steps": steps,
+        "wall_s": round(train_s, 1),
+        "eval_wall_s": round(eval_s, 1),
+        "images_per_s": round(steps * BATCH / train_s, 2),
+        "train_images": len(labelled),
     }
 
 
@@ -143,7 +177,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    out = args.out or REPO / "benchmarks" / "results" / ("glas_supervised_gpu.json" if gpu else "glas_supervised.json")
+    out = args.out or REPO / "benchmarks" / "results" / (
+        "glas_supervised_gpu.json" if gpu else "glas_supervised.json"
+    )
     work = Path(tempfile.mkdtemp(prefix="glas_bench_"))
     records = []
     for fraction in args.fractions:
@@ -154,15 +190,22 @@ def main() -> None:
     for fraction in args.fractions:
         ours, base = by_key.get(("supervised", fraction)), by_key.get(("monai_flexibleunet", fraction))
         if ours and base:
-            records.append({
-                "method": "supervised_vs_monai_flexibleunet", "dataset": "glas", "split": "testA",
-                "label_fraction": fraction, "seed": args.seed,
-                "metrics": {
-                    "dice_ratio": ours["metrics"]["dice"] / base["metrics"]["dice"],
-                    "images_per_s_ratio": ours["images_per_s"] / base["images_per_s"],
-                },
-                "train_steps": None, "wall_s": None, "images_per_s": None,
-            })
+            records.append(
+                {
+                    "method": "supervised_vs_monai_flexibleunet",
+                    "dataset": "glas",
+                    "split": "testA",
+                    "label_fraction": fraction,
+                    "seed": args.seed,
+                    "metrics": {
+                        "dice_ratio": ours["metrics"]["dice"] / base["metrics"]["dice"],
+                        "images_per_s_ratio": ours["images_per_s"] / base["images_per_s"],
+                    },
+                    "train_steps": None,
+                    "wall_s": None,
+                    "images_per_s": None,
+                }
+            )
     write(out, args, gpu, records)
     print(f"wrote {out}")
 
@@ -174,16 +217,20 @@ def write(out: Path, args, gpu: str | None, records: list[dict]) -> None:
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "git_commit": env["git_commit"],
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"device": "cuda" if gpu else "cpu", "cpu_threads": torch.get_num_threads(), "gpu": gpu,
-                    "torch": torch.__version__},
+        "machine": {
+            "device": "cuda" if gpu else "cpu",
+            "cpu_threads": torch.get_num_threads(),
+            "gpu": gpu,
+            "torch": torch.__version__,
+        },
         "scale": "cpu-reduced" if args.scale == "cpu" else "full",
         "notes": (
-            f"Training budget {args.budget_min} min wall clock per run (the issue's baseline figure used 35 min); "
-            f"images at half resolution ({SCALE}), {CROP} px crops, batch {BATCH}, bf16 autocast; label fractions "
-            "choose whole patients from grade.csv with seed "
-            f"{args.seed}, the same subset for both methods. Metrics on all 60 testA images at native resolution "
-            "(predictions made at half resolution, probabilities upsampled): dice/iou are per-image foreground "
-            "means, global_dice pools all pixels, hd95 and object_hausdorff in native pixels."
+            f"Training budget {args.budget_min} min wall clock per run (the issue's baseline figure used "
+            f"35 min); images at half resolution ({SCALE}), {CROP} px crops, batch {BATCH}, bf16 autocast; "
+            f"label fractions choose whole patients from grade.csv with seed {args.seed}, the same subset "
+            "for both methods. Metrics on all 60 testA images at native resolution (predictions made at "
+            "half resolution, probabilities upsampled): dice/iou are per-image foreground means, "
+            "global_dice pools all pixels, hd95 and object_hausdorff in native pixels."
         ),
         "records": records,
     }

@@ -238,3 +238,14 @@ def test_every_command_has_help() -> None:
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Usage" in result.output, args
+
+
+def test_resume_refuses_a_changed_config(tmp_path: Path, synth_root: Path) -> None:
+    from pathseg.config import SupervisedConfig, resolve_config, to_plain
+    from pathseg.engine import write_run_info
+
+    run = tmp_path / "r"
+    saved = resolve_config(SupervisedConfig, None, [f"data.train={synth_root / 'train'}", f"output={run}"])
+    write_run_info(run, to_plain(saved))
+    line = one_line_error(_run_main(["train", "--resume", "--out", str(run), "--set", "train.lr=0.5"]))
+    assert "config.yaml" in line and "train.lr" in line and "only train.steps may change" in line

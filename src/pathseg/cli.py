@@ -182,6 +182,16 @@ def train(
         console.print(f"report: {report}")
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "classes":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _is_main() -> bool:
     import os
 
@@ -208,16 +218,13 @@ def _resume_config(config: Path | None, output: Path | None, pairs: list[str]):
     if config is None and not pairs:
         return saved
     wanted = resolve_config(SupervisedConfig, config or saved_file, pairs)
-    a, b = to_plain(saved), to_plain(wanted)
-    a["train"].pop("steps"), b["train"].pop("steps")
-    if a != b:
-        changed = sorted(
-            f"{section}.{key}"
-            for section in a
-            for key in (a[section] if isinstance(a[section], dict) else [""])
-            if (a[section].get(key) if isinstance(a[section], dict) else a[section])
-            != (b[section].get(key) if isinstance(b[section], dict) else b[section])
-        )
+    saved_flat, wanted_flat = _flatten(to_plain(saved)), _flatten(to_plain(wanted))
+    changed = sorted(
+        k
+        for k in saved_flat.keys() | wanted_flat.keys()
+        if k not in ("train.steps", "output") and saved_flat.get(k) != wanted_flat.get(k)
+    )
+    if changed:
         raise ConfigError(
             f"{saved_file}: --resume continues the saved config, but these keys differ: {', '.join(changed)} "
             "(only train.steps may change); start a new run instead"

@@ -7,6 +7,7 @@ reproduces a run.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pathseg.engine.trainer import TrainerConfig
 from pathseg.errors import ConfigError
 
 
@@ -68,28 +70,6 @@ class LossSection(Strict):
     class_weights: list[float] | None = None
 
 
-class TrainSection(Strict):
-    steps: int = 2000
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    schedule: Literal["cosine", "constant"] = "cosine"
-    min_lr_ratio: float = 0.01
-    grad_clip: float = 1.0
-    ema_decay: float = 0.0
-    precision: Literal["bf16", "fp32"] = "bf16"
-    eval_every: int = 250
-    checkpoint_every: int = 250
-    log_every: int = 10
-    num_workers: int = 0
-    seed: int = 0
-    monitor: str = "dice"
-    monitor_mode: Literal["max", "min"] = "max"
-    device: str = "auto"
-    threads: int | None = None
-
-
 class EvalSection(Strict):
     overlap: float = 0.25
     blend: Literal["gaussian", "constant"] = "gaussian"
@@ -104,7 +84,7 @@ class SupervisedConfig(Strict):
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     loss: LossSection = Field(default_factory=LossSection)
-    train: TrainSection = Field(default_factory=TrainSection)
+    train: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalSection = Field(default_factory=EvalSection)
     output: Path = Path("runs/train")
 
@@ -162,7 +142,7 @@ def _explain(err: ValidationError, schema: type[Strict], path: Path | None) -> s
     first = err.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
     where = f"{path}: " if path else ""
-    if first["type"] == "extra_forbidden":
+    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         known = _known_keys(schema, [str(p) for p in first["loc"][:-1]])
         hint = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(known)})"
@@ -171,17 +151,16 @@ def _explain(err: ValidationError, schema: type[Strict], path: Path | None) -> s
 
 
 def _known_keys(schema: type[BaseModel], parents: list[str]) -> list[str]:
-    model: Any = schema
+    """Field names of the section at ``parents`` (a pydantic model or a dataclass such as TrainerConfig)."""
+    section: Any = schema
     for name in parents:
-        field = model.model_fields.get(name)
-        if (
-            field is None
-            or not isinstance(field.annotation, type)
-            or not issubclass(field.annotation, BaseModel)
-        ):
+        fields = getattr(section, "model_fields", {})
+        if name not in fields:
             return []
-        model = field.annotation
-    return list(model.model_fields)
+        section = fields[name].annotation
+    if dataclasses.is_dataclass(section):
+        return [f.name for f in dataclasses.fields(section)]
+    return list(getattr(section, "model_fields", {}))
 
 
 def to_plain(config: BaseModel) -> dict[str, Any]:

@@ -123,7 +123,9 @@ class SegmentationDataset(Dataset):
         index, rng = _split_key(key, self.seed)
         image, mask = self.load(index)
         if self.transform is not None:
-            image, out_mask = self.transform(image, mask, rng if rng is not None else draw_generator(self.seed, index))
+            image, out_mask = self.transform(
+                image, mask, rng if rng is not None else draw_generator(self.seed, index)
+            )
             if out_mask is None:
                 raise RuntimeError("transform dropped the mask of a labelled sample")
             mask = out_mask
@@ -182,5 +184,7 @@ class UnlabeledImageDataset(Dataset):
         index, rng = _split_key(key, self.seed)
         image = self.load(index)
         if self.transform is not None:
-            image, _ = self.transform(image, None, rng if rng is not None else draw_generator(self.seed, index))
+            image, _ = self.transform(
+                image, None, rng if rng is not None else draw_generator(self.seed, index)
+            )
         return {"image": to_tensor(np.ascontiguousarray(image)), "name": self.paths[index].stem}

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -62,7 +62,11 @@ class TrainerConfig:
         seed: seeds model init (done by the caller), batch order and augmentations.
         monitor, monitor_mode: which validation metric selects the best checkpoint.
         device: ``"auto"`` picks CUDA when available.
+        threads: torch CPU threads for this process (None keeps torch's default).
     """
+
+    # Read by pydantic when this dataclass is a section of a run config: typos are errors.
+    __pydantic_config__: ClassVar[dict] = {"extra": "forbid"}
 
     steps: int = 1000
     batch_size: int = 8
@@ -82,6 +86,7 @@ class TrainerConfig:
     monitor: str = "dice"
     monitor_mode: Literal["max", "min"] = "max"
     device: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.batch_size <= 0:
@@ -154,6 +159,8 @@ def fit(
         resume: continue from ``run_dir/checkpoints/last.json`` with optimizer, EMA, schedule, RNG
             and step restored.
     """
+    if config.threads:
+        torch.set_num_threads(config.threads)
     dist_info = setup_distributed()
     device = resolve_device(config.device, dist_info)
     checkpoint_dir = run_dir / "checkpoints"

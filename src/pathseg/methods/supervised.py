@@ -21,7 +21,7 @@ from pathseg.data.datasets import SegmentationDataset
 from pathseg.data.folders import Sample, check_samples, discover_dataset, read_groups_csv
 from pathseg.data.splits import label_fraction_subset, train_val_split
 from pathseg.data.transforms import AugmentConfig, build_train_transform
-from pathseg.engine import TrainerConfig, fit, write_run_info
+from pathseg.engine import fit, write_run_info
 from pathseg.errors import ConfigError
 from pathseg.inference.evaluate import WindowSettings, evaluate_samples
 from pathseg.losses import build_loss
@@ -70,12 +70,6 @@ def build_model(config: SupervisedConfig, num_classes: int) -> nn.Module:
     return create_model(config.model.name, in_channels=3, num_classes=num_classes, **config.model.kwargs())
 
 
-def trainer_config(config: SupervisedConfig) -> TrainerConfig:
-    section = config.train.model_dump()
-    section.pop("threads")
-    return TrainerConfig(**section)
-
-
 def window_settings(config: SupervisedConfig) -> WindowSettings:
     return WindowSettings(
         config.data.crop_size, config.eval.overlap, config.eval.blend, config.eval.sw_batch_size
@@ -95,8 +89,6 @@ def train(
         init: weights to start from (a ``.safetensors`` file or a run folder holding ``model.safetensors``);
             keys that do not match the model's shapes (e.g. another head) are reported and skipped.
     """
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
     class_map = class_map_from(config)
     splits = prepare_splits(config, class_map)
     run_dir = Path(config.output)
@@ -143,7 +135,7 @@ def train(
         dataset,
         loss_fn,
         run_dir,
-        trainer_config(config),
+        config.train,
         evaluate_fn=evaluate_fn if splits.val else None,
         resume=resume,
         show_progress=show_progress,

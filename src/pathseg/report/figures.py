@@ -103,7 +103,8 @@ def learning_curves(metrics_file: Path, out_png: Path, monitor: str = "dice") ->
         )
         ax_val.set_ylabel(f"validation {monitor}")
         ax_val.set_ylim(0, 1)
-    fig.legend(loc="upper center", ncol=2, frameon=False)
+    handles = [line for axis in fig.axes for line in axis.get_lines()]
+    ax_loss.legend(handles, [h.get_label() for h in handles], loc="center right", framealpha=0.9)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png)
