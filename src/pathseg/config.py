@@ -56,7 +56,7 @@ class DataSection(Strict):
 
 
 class ModelSection(Strict):
-    name: str = "deeplabv3plus_resnet18"
+    name: str = "resunet_resnet18"
     # Everything else is passed to the model's constructor; the registry rejects unknown names.
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 

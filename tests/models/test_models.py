@@ -36,6 +36,9 @@ TINY: dict[str, dict[str, Any]] = {
     "deeplabv3plus": {"decoder_channels": 32},
     "deeplabv3plus_resnet18": {"decoder_channels": 32},
     "deeplabv3plus_resnet50": {"decoder_channels": 32},
+    "resunet": {"decoder_channels": (16, 16, 8, 8, 8)},
+    "resunet_resnet18": {"decoder_channels": (16, 16, 8, 8, 8)},
+    "resunet_resnet34": {"decoder_channels": (16, 16, 8, 8, 8)},
 }
 
 

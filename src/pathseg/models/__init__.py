@@ -1,4 +1,5 @@
-"""Segmentation networks: a name registry, U-Net (segmenter / diffusion denoiser), DeepLabV3+.
+"""Segmentation networks: a name registry, U-Net (segmenter / diffusion denoiser),
+DeepLabV3+ and a ResNet-encoder U-Net.
 
 Example:
     >>> from pathseg.models import create_model, list_models
@@ -11,12 +12,14 @@ from pathseg.models.registry import MODELS, create_model, list_models, model_arg
 # Imported after the registry so that their register_preset calls populate MODELS.
 from pathseg.models.unet import UNet  # isort: skip
 from pathseg.models.deeplab import DeepLabV3Plus, ResNetEncoder  # isort: skip
+from pathseg.models.resunet import ResUNet  # isort: skip
 from pathseg.models.weights import load_weights, model_from_file, read_config, save_weights  # isort: skip
 
 __all__ = [
     "MODELS",
     "DeepLabV3Plus",
     "ResNetEncoder",
+    "ResUNet",
     "UNet",
     "create_model",
     "list_models",
