@@ -9,9 +9,9 @@ training budget: a short calibration measures each method's step time and the nu
 set so the cosine schedule ends when the budget does.
 
 * ``supervised``: pathseg's recipe, ``resunet_resnet18`` (ResNet-18 encoder, U-Net decoder), CE + Dice,
-  EMA 0.999, flips/rot90/scale/colour/stain augmentation. (A first CPU run with DeepLabV3+ R18 reached
-  Dice 0.773 against the baseline's 0.877 at 100 %: its stride-4 output and ASPP dropout learn too
-  slowly for a 7-minute budget; see the closing note of issue 2.)
+  EMA 0.999, flips/rot90 and random scale (0.8-1.25). Colour and stain jitter are left off: at a
+  budget of a few hundred steps they slowed training more than they helped (first CPU runs with them
+  reached Dice 0.75-0.77 against the baseline's 0.877 at 100 %).
 * ``monai_flexibleunet``: MONAI ``FlexibleUNet(backbone="resnet18", pretrained=False)`` with MONAI's
   ``DiceCELoss``, flips and 90-degree rotations only, no EMA.
 Both: AdamW 1e-3, cosine, batch 8, 256 px crops of half-resolution images, bf16 autocast.
