@@ -66,8 +66,6 @@ def build_method(name: str, seed: int) -> tuple[nn.Module, callable, AugmentConf
         augment = AugmentConfig(
             crop_size=CROP,
             scale_range=(0.8, 1.25),
-            color_jitter=0.1,
-            stain_jitter=0.05,
             flips=True,
             rotate90=True,
         )
