@@ -18,7 +18,7 @@ from torch import nn
 from pathseg.config import SupervisedConfig, to_plain
 from pathseg.data.classes import ClassMap
 from pathseg.data.datasets import SegmentationDataset
-from pathseg.data.folders import Sample, check_samples, discover_dataset, read_groups_csv
+from pathseg.data.folders import Sample, assign_groups, check_samples, discover_dataset, read_groups_csv
 from pathseg.data.splits import label_fraction_subset, train_val_split
 from pathseg.data.transforms import AugmentConfig, build_train_transform
 from pathseg.engine import fit, write_run_info
@@ -50,7 +50,7 @@ def prepare_splits(config: SupervisedConfig, class_map: ClassMap, check: bool = 
     samples = discover_dataset(data.train, mask_suffix=data.mask_suffix)
     groups = read_groups_csv(data.groups_csv) if data.groups_csv else None
     if groups:
-        samples = [Sample(s.stem, s.image, s.mask, groups.get(s.stem)) for s in samples]
+        samples = assign_groups(samples, groups, source=str(data.groups_csv))
     if data.val is not None:
         train, val = samples, discover_dataset(data.val, mask_suffix=data.mask_suffix)
     else:
