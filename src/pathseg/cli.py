@@ -147,6 +147,7 @@ def train(
 ) -> None:
     """Train a segmenter on an images/ + masks/ folder and evaluate it on whole images."""
     from pathseg.config import SupervisedConfig, resolve_config
+    from pathseg.engine.distributed import is_main_process
     from pathseg.methods import supervised
     from pathseg.report.run_report import build_run_report
 
@@ -175,7 +176,7 @@ def train(
     started = time.perf_counter()
     outcome = supervised.train(cfg, resume=resume, init=init)
     outcome["wall_s"] = time.perf_counter() - started
-    if _is_main():
+    if is_main_process():
         report = build_run_report(Path(cfg.output), monitor=cfg.train.monitor)
         if "test" in outcome:
             _print_metrics(outcome["test"], "test metrics")
@@ -190,12 +191,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def _is_main() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _refuse_existing_run(run_dir: Path) -> None:

@@ -18,12 +18,7 @@ from pathseg.metrics import (
     panoptic_quality,
     scores_from_confusion,
 )
-
-
-def _rect(shape, r0, r1, c0, c1, value=1, out=None) -> np.ndarray:
-    out = np.zeros(shape, dtype=np.int64) if out is None else out
-    out[r0:r1, c0:c1] = value
-    return out
+from tests.metrics.shapes import rect as _rect
 
 
 def test_per_image_and_global_keys() -> None:

@@ -17,14 +17,7 @@ from pathseg.metrics import (
     object_f1,
     object_hausdorff,
 )
-
-
-def _rect(shape, r0, r1, c0, c1, value=1, out=None) -> np.ndarray:
-    """Fill rows r0..r1-1, cols c0..c1-1 with ``value``."""
-    out = np.zeros(shape, dtype=np.int64) if out is None else out
-    out[r0:r1, c0:c1] = value
-    return out
-
+from tests.metrics.shapes import rect as _rect
 
 # ---------------------------------------------------------------------------------------------
 # Brute-force reference, written directly from the definitions in the GlaS paper.

@@ -41,6 +41,11 @@ def setup_distributed() -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0 inside it (the process that writes files)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -21,7 +21,7 @@ from pathseg.data.transforms import resize_pair
 from pathseg.errors import DataError
 from pathseg.inference.sliding_window import predict_image
 from pathseg.metrics import SegmentationEvaluator
-from pathseg.report.figures import prediction_panel
+from pathseg.report.figures import overlay, prediction_panel
 
 
 @dataclass
@@ -122,8 +122,6 @@ def predict_paths(
 
     Masks come back at the input's own resolution even when the model works at ``scale``.
     """
-    from pathseg.report.figures import overlay
-
     written = []
     palette = class_map.palette()
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ groups CSV is given), trains a registered network with the engine and evaluates 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from pathseg.config import SupervisedConfig, to_plain
+from pathseg.config import SupervisedConfig, resolve_config, to_plain
 from pathseg.data.classes import ClassMap
 from pathseg.data.datasets import SegmentationDataset
 from pathseg.data.folders import Sample, assign_groups, check_samples, discover_dataset, read_groups_csv
 from pathseg.data.splits import label_fraction_subset, train_val_split
 from pathseg.data.transforms import AugmentConfig, build_train_transform
 from pathseg.engine import fit, write_run_info
+from pathseg.engine.distributed import is_main_process
 from pathseg.errors import ConfigError
 from pathseg.inference.evaluate import WindowSettings, evaluate_samples
 from pathseg.losses import build_loss
 from pathseg.models import create_model
-from pathseg.models.weights import load_weights
+from pathseg.models.weights import load_weights, model_from_file
 
 
 @dataclass
@@ -141,7 +141,7 @@ def train(
         show_progress=show_progress,
     )
     outcome: dict[str, Any] = {"run_dir": str(run_dir), "best": result.best, "final_step": result.final_step}
-    if splits.test and _is_main_process():
+    if splits.test and is_main_process():
         evaluator = evaluate_samples(
             result.model.eval(),
             splits.test,
@@ -156,15 +156,8 @@ def train(
     return outcome
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def load_run(run_dir: Path) -> tuple[nn.Module, SupervisedConfig, ClassMap]:
     """The inference model (``model.safetensors``), config and class map of a finished run."""
-    from pathseg.config import resolve_config
-    from pathseg.models.weights import model_from_file
-
     weights = run_dir / "model.safetensors"
     if not weights.exists():
         raise ConfigError(f"{run_dir}: no model.safetensors (did training finish? resume it with --resume)")
