@@ -143,7 +143,10 @@ def train(
         list[str] | None, typer.Option("--set", help="Any config key: --set train.lr=3e-4")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
-    init: Annotated[Path | None, typer.Option(help="Start from these weights (file or run folder).")] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Start from these weights: a file, a run folder, or a `pathseg pretrain` run."),
+    ] = None,
 ) -> None:
     """Train a segmenter on an images/ + masks/ folder and evaluate it on whole images."""
     from pathseg.config import SupervisedConfig, resolve_config
@@ -166,15 +169,15 @@ def train(
         scale,
         seed,
         output,
-    ) + list(overrides or [])
+    ) + ([f"init={init}"] if init is not None else []) + list(overrides or [])
     if resume:
-        cfg = _resume_config(config, output, pairs)
+        cfg = _resume_config(SupervisedConfig, config, output, pairs)
     else:
         cfg = resolve_config(SupervisedConfig, config, pairs)
         _refuse_existing_run(Path(cfg.output))
     console.print(f"run folder: [bold]{cfg.output}[/]")
     started = time.perf_counter()
-    outcome = supervised.train(cfg, resume=resume, init=init)
+    outcome = supervised.train(cfg, resume=resume)
     outcome["wall_s"] = time.perf_counter() - started
     if is_main_process():
         report = build_run_report(Path(cfg.output), monitor=cfg.train.monitor)
@@ -200,19 +203,19 @@ def _refuse_existing_run(run_dir: Path) -> None:
         )
 
 
-def _resume_config(config: Path | None, output: Path | None, pairs: list[str]):
+def _resume_config(schema, config: Path | None, output: Path | None, pairs: list[str]):
     """The saved config of the run in ``--out``; only ``train.steps`` may change (to train longer)."""
-    from pathseg.config import SupervisedConfig, resolve_config, to_plain
+    from pathseg.config import resolve_config, to_plain
 
     if output is None:
         raise ConfigError("--resume needs --out RUN_FOLDER (the run to continue)")
     saved_file = output / "config.yaml"
     if not saved_file.exists():
         raise ConfigError(f"{output}: no config.yaml; is this a pathseg run folder?")
-    saved = resolve_config(SupervisedConfig, saved_file)
+    saved = resolve_config(schema, saved_file)
     if config is None and not pairs:
         return saved
-    wanted = resolve_config(SupervisedConfig, config or saved_file, pairs)
+    wanted = resolve_config(schema, config or saved_file, pairs)
     saved_flat, wanted_flat = _flatten(to_plain(saved)), _flatten(to_plain(wanted))
     changed = sorted(
         k
@@ -225,6 +228,69 @@ def _resume_config(config: Path | None, output: Path | None, pairs: list[str]):
             "(only train.steps may change); start a new run instead"
         )
     return wanted
+
+
+@app.command()
+def pretrain(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    images: Annotated[
+        list[Path] | None,
+        typer.Option("--images", help="Folder of unlabeled images (or holding images/); repeatable."),
+    ] = None,
+    synthetic: Annotated[
+        int | None, typer.Option(help="Also generate this many synthetic tiles to pretrain on.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="U-Net preset: unet_small or unet.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-b", help="Batch size per process.")
+    ] = None,
+    crop_size: Annotated[int | None, typer.Option(help="Random crop size in pixels.")] = None,
+    scale: Annotated[float | None, typer.Option(help="Resize factor applied to images (0.5 = half).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Any config key: --set diffusion.schedule=cosine")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+) -> None:
+    """Self-supervised pretraining: a diffusion denoiser on unlabeled images (GenSelfDiff stage 1).
+
+    Fine-tune the result with `pathseg train --init RUN_FOLDER`.
+    """
+    from pathseg.config import resolve_config
+    from pathseg.methods.genselfdiff import PretrainConfig
+    from pathseg.methods.genselfdiff import pretrain as run_pretrain
+
+    pairs = [
+        f"{key}={value}"
+        for key, value in [
+            ("data.synthetic", synthetic),
+            ("model.name", model),
+            ("train.steps", steps),
+            ("train.batch_size", batch_size),
+            ("data.crop_size", crop_size),
+            ("data.scale", scale),
+            ("train.seed", seed),
+            ("output", output),
+        ]
+        if value is not None
+    ]
+    if images:
+        pairs.append("data.images=" + json.dumps([str(p) for p in images]))
+    pairs += list(overrides or [])
+    if resume:
+        cfg = _resume_config(PretrainConfig, config, output, pairs)
+    else:
+        cfg = resolve_config(PretrainConfig, config, pairs)
+        _refuse_existing_run(Path(cfg.output))
+    console.print(f"run folder: [bold]{cfg.output}[/]")
+    outcome = run_pretrain(cfg, resume=resume)
+    if "report" in outcome:
+        best = outcome.get("best") or {}
+        if best:
+            console.print(f"best {best['metric']} {best['value']:.4f} at step {best['step']}")
+        console.print(f"samples: {Path(cfg.output) / 'samples.png'}; report: {outcome['report']}")
 
 
 # ------------------------------------------------------------------------------ evaluate/predict

@@ -79,8 +79,15 @@ class EvalSection(Strict):
 
 
 class SupervisedConfig(Strict):
-    """Everything ``pathseg train`` needs."""
+    """Everything ``pathseg train`` needs.
 
+    ``init`` starts from saved weights (a file or a run folder). A diffusion denoiser from
+    ``pathseg pretrain`` is turned into a segmenter (GenSelfDiff: head replaced, time input fixed,
+    all weights trained) and ``model`` is then set to that network; other weights are loaded into
+    ``model`` where names and shapes match.
+    """
+
+    init: Path | None = None
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     loss: LossSection = Field(default_factory=LossSection)

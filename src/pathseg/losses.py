@@ -57,15 +57,65 @@ def focal_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, gamma: f
     return (-((1 - log_p_true.exp()) ** gamma) * log_p_true).mean()
 
 
+def _masked_zscore(values: Tensor, valid: Tensor, smooth: float) -> Tensor:
+    """``(v - mean + smooth) / (std + smooth)`` per image and channel over the valid pixels (unbiased std)."""
+    count = valid.sum(dim=(2, 3), keepdim=True).clamp(min=2)
+    mean = (values * valid).sum(dim=(2, 3), keepdim=True) / count
+    var = ((values - mean) ** 2 * valid).sum(dim=(2, 3), keepdim=True) / (count - 1)
+    return (values - mean + smooth) / (var.sqrt() + smooth)
+
+
+def structural_loss(
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: int = 255,
+    beta: float = 0.1,
+    smooth: float = 0.01,
+    faithful: bool = False,
+) -> Tensor:
+    """Structural-similarity ("SS") loss of GenSelfDiff-HIS: cross-entropy where the structures disagree.
+
+    Per image and class, the one-hot target and the softmax output are z-normalised over the image;
+    ``e = |z_target - z_pred|`` marks pixels whose local structure the prediction gets wrong, and only
+    pixels with ``e > beta * max(e)`` (per image and class) count. Canonical mode (default) weights each
+    such pixel's cross-entropy by ``e``: ``sum(e * f * ce) / sum(f)``. ``faithful=True`` reproduces the
+    seed code, which multiplies ``sum(e * f) / sum(f)`` by the *batch-mean* cross-entropy instead.
+    Ignored pixels are left out of the statistics and the sums.
+    """
+    num_classes = logits.shape[1]
+    valid = (target != ignore_index).unsqueeze(1).float()
+    if not valid.any():
+        return logits.sum() * 0.0
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    one_hot = F.one_hot(target.clamp(0, num_classes - 1), num_classes).permute(0, 3, 1, 2).float()
+    error = (_masked_zscore(one_hot, valid, smooth) - _masked_zscore(log_probs.exp(), valid, smooth)).abs()
+    error = error * valid
+    peak = error.amax(dim=(2, 3), keepdim=True)
+    selected = (error > beta * peak).float() * valid
+    pixel_ce = -(one_hot * log_probs).sum(dim=1, keepdim=True)  # (B, 1, H, W)
+    denominator = selected.sum().clamp(min=1.0)
+    if faithful:
+        batch_ce = (pixel_ce * valid).sum() / valid.sum()
+        return (error * selected).sum() * batch_ce / denominator
+    return (error * selected * pixel_ce).sum() / denominator
+
+
+def structural_loss_faithful(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
+    """:func:`structural_loss` as the GenSelfDiff code computes it (batch-scalar cross-entropy)."""
+    return structural_loss(logits, target, ignore_index, faithful=True)
+
+
 LOSSES: dict[str, Callable[..., Tensor]] = {
     "ce": cross_entropy,
     "dice": soft_dice_loss,
     "focal": focal_loss,
+    "ss": structural_loss,
+    "ss_faithful": structural_loss_faithful,
 }
 
 
 def register_loss(name: str, fn: Callable[..., Tensor]) -> None:
-    """Make a loss term available to :func:`build_loss` (methods add their own, e.g. SSIM)."""
+    """Make a loss term available to :func:`build_loss`: ``fn(logits, target, ignore_index=...)``."""
     LOSSES[name] = fn
 
 
@@ -75,7 +125,11 @@ def build_loss(
     focal_gamma: float = 2.0,
     class_weights: list[float] | None = None,
 ) -> LossFn:
-    """A weighted sum of named loss terms, e.g. ``{"ce": 1.0, "dice": 1.0}``."""
+    """A weighted sum of named loss terms, e.g. ``{"ce": 1.0, "dice": 1.0}``.
+
+    GenSelfDiff-HIS fine-tunes with ``{"ss": 1.0, "focal": 1.0}`` and ``focal_gamma=2``
+    (``ss_faithful`` for the seed code's variant of the SS term).
+    """
     unknown = sorted(set(terms) - set(LOSSES))
     if unknown:
         raise ConfigError(f"unknown loss term(s) {unknown}; known: {sorted(LOSSES)}")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pathseg.config import SupervisedConfig, resolve_config, to_plain
+from pathseg.config import ModelSection, SupervisedConfig, resolve_config, to_plain
 from pathseg.data.classes import ClassMap
 from pathseg.data.datasets import SegmentationDataset
 from pathseg.data.folders import Sample, assign_groups, check_samples, discover_dataset, read_groups_csv
@@ -26,7 +26,13 @@ from pathseg.errors import ConfigError
 from pathseg.inference.evaluate import WindowSettings, evaluate_samples
 from pathseg.losses import build_loss
 from pathseg.models import create_model
-from pathseg.models.weights import load_weights, model_from_file
+from pathseg.models.weights import (
+    is_denoiser,
+    load_weights,
+    model_from_file,
+    segmenter_from_pretrained,
+    weights_path,
+)
 
 
 @dataclass
@@ -65,8 +71,23 @@ def prepare_splits(config: SupervisedConfig, class_map: ClassMap, check: bool = 
     return DataSplits(labelled, val, test, held_out)
 
 
-def build_model(config: SupervisedConfig, num_classes: int) -> nn.Module:
+def build_model(config: SupervisedConfig, num_classes: int, resume: bool = False) -> nn.Module:
+    """The configured network, or the one ``config.init`` points to (not when resuming: the checkpoint wins).
+
+    A pretrained denoiser replaces ``config.model`` by its own (converted) architecture, so the saved
+    config rebuilds this network on ``--resume`` and the run stays reproducible from its config.
+    """
     torch.manual_seed(config.train.seed)  # identical initial weights on every DDP rank and every rerun
+    if config.init is not None and not resume:
+        source = weights_path(config.init)
+        if is_denoiser(source):
+            model = segmenter_from_pretrained(source, num_classes)
+            architecture = {k: v for k, v in model.config.items() if k not in ("in_channels", "num_classes")}
+            config.model = ModelSection(**architecture)
+            return model
+        model = create_model(config.model.name, in_channels=3, num_classes=num_classes, **config.model.kwargs())
+        load_weights(model, source, strict=False)
+        return model
     return create_model(config.model.name, in_channels=3, num_classes=num_classes, **config.model.kwargs())
 
 
@@ -79,19 +100,17 @@ def window_settings(config: SupervisedConfig) -> WindowSettings:
 def train(
     config: SupervisedConfig,
     resume: bool = False,
-    init: Path | None = None,
     show_progress: bool = True,
     extra_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, keep the best checkpoint by validation Dice, evaluate on ``data.test`` when given.
 
-    Args:
-        init: weights to start from (a ``.safetensors`` file or a run folder holding ``model.safetensors``);
-            keys that do not match the model's shapes (e.g. another head) are reported and skipped.
+    ``config.init`` (see :class:`SupervisedConfig`) starts from pretrained weights.
     """
     class_map = class_map_from(config)
     splits = prepare_splits(config, class_map)
     run_dir = Path(config.output)
+    model = build_model(config, len(class_map.names), resume)  # may update config.model (init)
     info = {
         "train_images": [s.stem for s in splits.train],
         "val_images": [s.stem for s in splits.val],
@@ -100,11 +119,6 @@ def train(
     }
     write_run_info(run_dir, to_plain(config))
     (run_dir / "splits.json").write_text(json.dumps(info, indent=2))
-
-    model = build_model(config, len(class_map.names))
-    if init is not None and not resume:
-        path = init / "model.safetensors" if init.is_dir() else init
-        load_weights(model, path, strict=False)
 
     augment = AugmentConfig(crop_size=config.data.crop_size, **config.data.augment.model_dump())
     dataset = SegmentationDataset(

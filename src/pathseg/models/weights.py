@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import pathseg
-from pathseg.errors import DataError, PathsegError
+from pathseg.errors import ConfigError, DataError, PathsegError
 from pathseg.models.registry import create_model
 
 __all__ = ["load_weights", "model_from_file", "read_config", "read_state_dict", "save_weights"]
@@ -329,3 +329,39 @@ def model_from_file(path: str | Path) -> nn.Module:
     model = create_model(**config)
     load_weights(model, path)
     return model.eval()
+
+
+def weights_path(source: str | Path) -> Path:
+    """``source`` itself, or ``source/model.safetensors`` when it is a run folder."""
+    source = Path(source)
+    if source.is_dir():
+        inner = source / "model.safetensors"
+        if not inner.exists():
+            raise DataError(source, "run folder has no model.safetensors (did the run finish?)")
+        return inner
+    return source
+
+
+def is_denoiser(path: str | Path) -> bool:
+    """Whether a weights file holds a time-conditioned network (a diffusion denoiser)."""
+    config = read_config(path)
+    return bool(config and config.get("time_embedding"))
+
+
+def segmenter_from_pretrained(path: str | Path, num_classes: int, fixed_timestep: int = 0) -> nn.Module:
+    """Rebuild a saved network with its weights and give it a fresh ``num_classes`` output head.
+
+    The GenSelfDiff recipe: a denoiser from ``pathseg pretrain`` keeps every weight except the
+    output conv, and its time input is fixed at ``fixed_timestep`` (the paper uses 0: the network
+    sees a clean image); everything is then fine-tuned.
+
+    Raises:
+        ConfigError: the stored network has no ``to_segmenter`` conversion.
+    """
+    model = model_from_file(path)
+    if not hasattr(model, "to_segmenter"):
+        raise ConfigError(
+            f"{path}: a {model.config.get('name')} cannot be converted to a segmenter; "
+            "pretrained initialisation needs a U-Net from `pathseg pretrain`"
+        )
+    return model.to_segmenter(num_classes, fixed_timestep).train()

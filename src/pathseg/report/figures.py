@@ -102,7 +102,8 @@ def learning_curves(metrics_file: Path, out_png: Path, monitor: str = "dice") ->
             [r["step"] for r in val], [r[monitor] for r in val], "o-", color="#2e7d32", label=f"val {monitor}"
         )
         ax_val.set_ylabel(f"validation {monitor}")
-        ax_val.set_ylim(0, 1)
+        if "loss" not in monitor:
+            ax_val.set_ylim(0, 1)
     handles = [line for axis in fig.axes for line in axis.get_lines()]
     ax_loss.legend(handles, [h.get_label() for h in handles], loc="center right", framealpha=0.9)
     fig.tight_layout()
@@ -110,3 +111,21 @@ def learning_curves(metrics_file: Path, out_png: Path, monitor: str = "dice") ->
     fig.savefig(out_png)
     plt.close(fig)
     return out_png
+
+
+def image_grid(images: list[np.ndarray], columns: int = 8, gap: int = 2) -> np.ndarray:
+    """Tile equally sized ``uint8`` RGB images row by row, with a white ``gap`` between them."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    height, width = images[0].shape[:2]
+    if any(im.shape[:2] != (height, width) for im in images):
+        raise ValueError("image_grid: all images must have the same size")
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    grid = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = (
+            image[..., :3]
+        )
+    return grid
