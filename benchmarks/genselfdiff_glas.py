@@ -40,13 +40,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fp32_reference import images_per_second  # noqa: E402
-
-from pathseg.config import SupervisedConfig, resolve_config  # noqa: E402
-from pathseg.data.io import read_image, write_image  # noqa: E402
-from pathseg.engine import TrainerConfig, environment_info, fit  # noqa: E402
-from pathseg.methods import genselfdiff, supervised  # noqa: E402
-from pathseg.report.figures import image_grid  # noqa: E402
+from fp32_reference import images_per_second
+from pathseg.config import SupervisedConfig, resolve_config
+from pathseg.data.io import read_image, write_image
+from pathseg.engine import TrainerConfig, environment_info, fit
+from pathseg.methods import genselfdiff, supervised
+from pathseg.report.figures import image_grid
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "glas"
@@ -159,16 +158,35 @@ def speed_ratio(settings: dict, data: Path, work: Path, steps: int = 25) -> list
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     ours = statistics.mean(r["images_per_s"] for r in logged[1:])  # the first window holds warm-up
     batches = [
-        torch.stack([dataset[(i * settings["batch"] + j) % len(dataset)]["image"] for j in range(settings["batch"])])
+        torch.stack(
+            [dataset[(i * settings["batch"] + j) % len(dataset)]["image"] for j in range(settings["batch"])]
+        )
         for i in range(steps)
     ]
     reference = images_per_second(genselfdiff.build_denoiser(config).to(device), batches, warmup=5)
     print(f"== speed: pathseg {ours:.2f} img/s, fp32 eager reference {reference:.2f} img/s", flush=True)
-    base = {"dataset": "glas", "split": "train (unlabeled)", "label_fraction": None, "seed": 0, "train_steps": steps}
+    base = {
+        "dataset": "glas",
+        "split": "train (unlabeled)",
+        "label_fraction": None,
+        "seed": 0,
+        "train_steps": steps,
+    }
     return [
-        {**base, "method": "genselfdiff_pretrain", "metrics": {"speedup_vs_fp32_reference": ours / reference},
-         "wall_s": None, "images_per_s": round(ours, 2)},
-        {**base, "method": "fp32_reference", "metrics": {}, "wall_s": None, "images_per_s": round(reference, 2)},
+        {
+            **base,
+            "method": "genselfdiff_pretrain",
+            "metrics": {"speedup_vs_fp32_reference": ours / reference},
+            "wall_s": None,
+            "images_per_s": round(ours, 2),
+        },
+        {
+            **base,
+            "method": "fp32_reference",
+            "metrics": {},
+            "wall_s": None,
+            "images_per_s": round(reference, 2),
+        },
     ]
 
 
@@ -202,7 +220,9 @@ def finetune_run(
     if init is not None:
         overrides.append(f"init={init}")
     else:  # the very same network as the converted denoiser, randomly initialised
-        overrides.append(f"model={json.dumps({**settings['model'], 'time_embedding': True, 'fixed_timestep': 0})}")
+        overrides.append(
+            f"model={json.dumps({**settings['model'], 'time_embedding': True, 'fixed_timestep': 0})}"
+        )
     config = resolve_config(SupervisedConfig, None, overrides)
     started = time.perf_counter()
     outcome = supervised.train(config, show_progress=False)
@@ -245,8 +265,15 @@ def plot(records: list[dict], path: Path) -> None:
             means = [statistics.mean(v) for v in values]
             spreads = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
             label = "diffusion-pretrained" if method == "genselfdiff" else "random init"
-            axis.errorbar([100 * f for f in fractions], means, yerr=spreads, fmt="o-", color=colour, capsize=3,
-                          label=label)
+            axis.errorbar(
+                [100 * f for f in fractions],
+                means,
+                yerr=spreads,
+                fmt="o-",
+                color=colour,
+                capsize=3,
+                label=label,
+            )
         axis.set_xscale("log")
         axis.set_xticks([10, 25, 100], ["10 %", "25 %", "100 %"])
         axis.set_xlabel("labelled GlaS train images")
@@ -320,13 +347,17 @@ def main() -> None:
     records = speed_ratio(settings, args.data, work)
     pretrain_dir, record = pretrain_run(settings, args.data, work, args.pretrain_steps, seed=0)
     records.append(record)
-    samples = image_grid([read_image(pretrain_dir / "real.png"), read_image(pretrain_dir / "samples.png")], 2, 8)
+    samples = image_grid(
+        [read_image(pretrain_dir / "real.png"), read_image(pretrain_dir / "samples.png")], 2, 8
+    )
     write_image(out.with_name(f"{name}_samples.png"), samples)
     write(out, args, gpu, records, settings)
     for fraction in args.fractions:
         for seed in args.seeds:
             for init in (pretrain_dir, None):
-                records.append(finetune_run(settings, args.data, work, fraction, seed, init, args.finetune_steps))
+                records.append(
+                    finetune_run(settings, args.data, work, fraction, seed, init, args.finetune_steps)
+                )
                 write(out, args, gpu, records, settings)
     finetuned = [r for r in records if r["method"] in ("genselfdiff", "scratch")]
     for fraction in args.fractions:
@@ -340,7 +371,9 @@ def main() -> None:
             and p["seed"] == s["seed"]
         ]
         if gains:
-            print(f"fraction {fraction}: Dice gain from pretraining {statistics.mean(gains):+.4f} (per seed {gains})")
+            print(
+                f"fraction {fraction}: Dice gain from pretraining {statistics.mean(gains):+.4f} (per seed {gains})"
+            )
     plot(finetuned, out.with_name(f"{name}_curve.png"))
     write(out, args, gpu, records, settings)
     print(f"wrote {out}")

@@ -154,22 +154,26 @@ def train(
     from pathseg.methods import supervised
     from pathseg.report.run_report import build_run_report
 
-    pairs = _train_overrides(
-        train_dir,
-        val_dir,
-        test_dir,
-        classes,
-        label_fraction,
-        groups,
-        model,
-        loss,
-        steps,
-        batch_size,
-        crop_size,
-        scale,
-        seed,
-        output,
-    ) + ([f"init={init}"] if init is not None else []) + list(overrides or [])
+    pairs = (
+        _train_overrides(
+            train_dir,
+            val_dir,
+            test_dir,
+            classes,
+            label_fraction,
+            groups,
+            model,
+            loss,
+            steps,
+            batch_size,
+            crop_size,
+            scale,
+            seed,
+            output,
+        )
+        + ([f"init={init}"] if init is not None else [])
+        + list(overrides or [])
+    )
     if resume:
         cfg = _resume_config(SupervisedConfig, config, output, pairs)
     else:

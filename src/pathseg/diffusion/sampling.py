@@ -137,7 +137,9 @@ class Sampler:
             noise = torch.randn(shape, generator=generator, dtype=torch.float32)
         x = noise.to(device=device, dtype=torch.float32)
         for index, t in enumerate(self.timesteps):
-            output = denoise(model, x, torch.full((x.shape[0],), t, device=device), condition, guidance).float()
+            output = denoise(
+                model, x, torch.full((x.shape[0],), t, device=device), condition, guidance
+            ).float()
             if self.config.method == "ddim":
                 variance_noise = None
                 if self.config.eta > 0:

@@ -66,7 +66,9 @@ def make_betas(
         elif key == "scaled_linear":
             betas = torch.linspace(math.sqrt(start), math.sqrt(end), num_steps, dtype=torch.float64) ** 2
         else:
-            betas = torch.sigmoid(torch.linspace(-6, 6, num_steps, dtype=torch.float64)) * (end - start) + start
+            betas = (
+                torch.sigmoid(torch.linspace(-6, 6, num_steps, dtype=torch.float64)) * (end - start) + start
+            )
     if not (betas > 0).all() or not (betas < 1).all():
         raise ConfigError(
             f"noise schedule {name!r} with beta_start={beta_start}, beta_end={beta_end} gives betas "
@@ -119,7 +121,9 @@ class NoiseSchedule:
         t = torch.as_tensor(t, device=values.device).long()
         if t.min() < 0 or t.max() >= self.num_steps:
             raise ValueError(f"timesteps must be in [0, {self.num_steps - 1}], got {t.min()}..{t.max()}")
-        out = values[t].to(device=like.device, dtype=torch.float32 if like.dtype != torch.float64 else like.dtype)
+        out = values[t].to(
+            device=like.device, dtype=torch.float32 if like.dtype != torch.float64 else like.dtype
+        )
         return out.reshape(-1, *([1] * (like.ndim - 1)))
 
     def snr(self, t: Tensor) -> Tensor:

@@ -124,7 +124,9 @@ class DiffusionLoss:
         output = denoise(model, x_t, t, condition)
         target = self.schedule.target(self.config.prediction, x0.float(), noise, t)
         diff = output.float() - target
-        error = (diff.square() if self.config.loss == "mse" else diff.abs()).mean(dim=tuple(range(1, x0.ndim)))
+        error = (diff.square() if self.config.loss == "mse" else diff.abs()).mean(
+            dim=tuple(range(1, x0.ndim))
+        )
         weights = loss_weights(self.config, self.schedule, t.cpu()).to(x0.device)
         loss = (weights * error).mean()
         return loss, {"unweighted_loss": float(error.mean().detach())}

@@ -120,9 +120,12 @@ def _synthetic_folder(config: PretrainConfig) -> Path:
     folder = Path(config.output) / "data" / "synthetic"
     marker = folder / "dataset.yaml"
     if is_main_process() and not marker.exists():
-        write_dataset(folder, config.data.synthetic, seed=config.train.seed, config=SynthConfig(
-            size=config.data.synthetic_size
-        ))
+        write_dataset(
+            folder,
+            config.data.synthetic,
+            seed=config.train.seed,
+            config=SynthConfig(size=config.data.synthetic_size),
+        )
     return folder
 
 
@@ -163,7 +166,10 @@ def pretrain(config: PretrainConfig, resume: bool = False, show_progress: bool =
     if is_main_process():
         (run_dir / "splits.json").write_text(
             json.dumps(
-                {"train_images": [str(s.image) for s in train_samples], "val_images": [str(s.image) for s in val_samples]},
+                {
+                    "train_images": [str(s.image) for s in train_samples],
+                    "val_images": [str(s.image) for s in val_samples],
+                },
                 indent=2,
             )
         )

@@ -85,7 +85,9 @@ def build_model(config: SupervisedConfig, num_classes: int, resume: bool = False
             architecture = {k: v for k, v in model.config.items() if k not in ("in_channels", "num_classes")}
             config.model = ModelSection(**architecture)
             return model
-        model = create_model(config.model.name, in_channels=3, num_classes=num_classes, **config.model.kwargs())
+        model = create_model(
+            config.model.name, in_channels=3, num_classes=num_classes, **config.model.kwargs()
+        )
         load_weights(model, source, strict=False)
         return model
     return create_model(config.model.name, in_channels=3, num_classes=num_classes, **config.model.kwargs())

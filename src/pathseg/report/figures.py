@@ -125,7 +125,7 @@ def image_grid(images: list[np.ndarray], columns: int = 8, gap: int = 2) -> np.n
     grid = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        grid[r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = (
-            image[..., :3]
-        )
+        grid[
+            r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width
+        ] = image[..., :3]
     return grid
