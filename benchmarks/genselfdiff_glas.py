@@ -300,12 +300,12 @@ def write(out: Path, args, gpu: str | None, records: list[dict], settings: dict)
         },
         "scale": "full" if args.scale == "full" else "cpu-reduced",
         "notes": (
-            f"Images at {settings['image_scale']:.3g} of native resolution, {settings['crop']} px crops, batch "
-            f"{settings['batch']}, model {json.dumps(settings['model'])} with a time embedding. Pretraining: "
-            f"{args.pretrain_steps} steps on GlaS train images without masks (DDPM, quadratic schedule, "
-            "epsilon prediction, P2 weights k=gamma=1, AdamW 2e-4, EMA 0.999). Fine-tuning: "
-            f"{args.finetune_steps} steps, CE+Dice, AdamW 1e-3 cosine, EMA 0.99, flips/rot90/scale; "
-            "'genselfdiff' starts from the pretrained denoiser (head replaced, t fixed at 0), 'scratch' is "
+            f"Images at {settings['image_scale']:.3g} of native resolution, {settings['crop']} px crops, "
+            f"batch {settings['batch']}, model {json.dumps(settings['model'])} with a time embedding. "
+            f"Pretraining: {args.pretrain_steps} steps on GlaS train images without masks "
+            "(DDPM, quadratic schedule, epsilon prediction, P2 weights k=gamma=1, AdamW 2e-4, EMA 0.999). "
+            f"Fine-tuning: {args.finetune_steps} steps, CE+Dice, AdamW 1e-3, EMA 0.99, flips/rot90/scale"
+            "; 'genselfdiff' starts from the pretrained denoiser (head replaced, t fixed at 0), 'scratch' is "
             "the same network from random init with the same steps. Label fractions are whole patients "
             "(grade.csv), seeds 0-2 draw different subsets and inits. Metrics on all 60 testA images, "
             "whole images at the working resolution (HD95 in working-resolution pixels). "
@@ -371,9 +371,8 @@ def main() -> None:
             and p["seed"] == s["seed"]
         ]
         if gains:
-            print(
-                f"fraction {fraction}: Dice gain from pretraining {statistics.mean(gains):+.4f} (per seed {gains})"
-            )
+            mean_gain = statistics.mean(gains)
+            print(f"fraction {fraction}: Dice gain from pretraining {mean_gain:+.4f} (per seed {gains})")
     plot(finetuned, out.with_name(f"{name}_curve.png"))
     write(out, args, gpu, records, settings)
     print(f"wrote {out}")

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 
 from pathseg.errors import ConfigError
-from pathseg.losses import build_loss, cross_entropy, focal_loss, soft_dice_loss
+from pathseg.losses import build_loss, cross_entropy, focal_loss, soft_dice_loss, structural_loss
 
 
 def random_batch(seed: int = 0, classes: int = 3):
@@ -60,3 +60,56 @@ def test_build_loss_sums_weighted_terms_and_rejects_unknown():
     torch.testing.assert_close(combined, cross_entropy(logits, target) + 0.5 * soft_dice_loss(logits, target))
     with pytest.raises(ConfigError, match="unknown loss term"):
         build_loss({"dcie": 1.0})
+
+
+def _structural_reference(logits: torch.Tensor, target: torch.Tensor, beta=0.1, c=0.01, faithful=False):
+    """The SS loss written out with numpy from the GenSelfDiff description (no ignored pixels)."""
+    import numpy as np
+
+    p = torch.softmax(logits.detach().double(), 1).numpy()
+    y = np.eye(p.shape[1])[target.numpy()].transpose(0, 3, 1, 2)
+    ce_map = -(y * np.log(p)).sum(1, keepdims=True)
+    total, count = 0.0, 0.0
+    e_all, f_all = np.zeros_like(p), np.zeros_like(p)
+    for b in range(p.shape[0]):
+        for k in range(p.shape[1]):
+            zy = (y[b, k] - y[b, k].mean() + c) / (y[b, k].std(ddof=1) + c)
+            zp = (p[b, k] - p[b, k].mean() + c) / (p[b, k].std(ddof=1) + c)
+            e = np.abs(zy - zp)
+            f = (e > beta * e.max()).astype(float)
+            e_all[b, k], f_all[b, k] = e, f
+            total += (e * f * ce_map[b, 0]).sum()
+            count += f.sum()
+    if faithful:
+        return (e_all * f_all).sum() * ce_map.mean() / f_all.sum()
+    return total / count
+
+
+def test_structural_loss_matches_a_direct_implementation_in_both_modes():
+    logits, target = random_batch(seed=3)
+    ours = structural_loss(logits, target)
+    assert ours.item() == pytest.approx(_structural_reference(logits, target), rel=1e-5)
+    faithful = structural_loss(logits, target, faithful=True)
+    assert faithful.item() == pytest.approx(_structural_reference(logits, target, faithful=True), rel=1e-5)
+    assert faithful.item() != pytest.approx(ours.item(), rel=1e-3)
+    ours.backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_structural_loss_is_zero_for_a_confident_correct_prediction_and_ignores_pixels():
+    _, target = random_batch(seed=4)
+    confident = F.one_hot(target, 3).permute(0, 3, 1, 2).float() * 40
+    assert structural_loss(confident, target).item() == pytest.approx(0.0, abs=1e-6)
+    logits, target = random_batch(seed=5)
+    target = target.clone()
+    target[:, :2] = 255
+    changed = logits.detach().clone()
+    changed[:, :, :2] = torch.randn_like(changed[:, :, :2]) * 5
+    assert structural_loss(changed, target).item() == pytest.approx(structural_loss(logits, target).item())
+
+
+def test_genselfdiff_loss_terms_are_available():
+    logits, target = random_batch(seed=6)
+    combined = build_loss({"ss": 1.0, "focal": 1.0}, focal_gamma=2.0)(logits, target)
+    expected = structural_loss(logits, target) + focal_loss(logits, target, gamma=2.0)
+    assert combined.item() == pytest.approx(expected.item(), rel=1e-6)

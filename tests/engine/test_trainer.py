@@ -148,3 +148,33 @@ def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path):
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "single")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_trains_the_same_weights(tmp_path):
+    """The NHWC layout is a speed option only: same steps, same weights (fp32, up to kernel rounding)."""
+    seen_layouts = []
+
+    def recording_loss(model, batch):
+        seen_layouts.append(batch["image"].is_contiguous(memory_format=torch.channels_last))
+        return toy_loss(model, batch)
+
+    def without_dropout():  # dropout masks are drawn in memory order, which the layout changes
+        model = toy_model()
+        model[3].p = 0.0
+        return model
+
+    plain, nhwc = tmp_path / "plain", tmp_path / "nhwc"
+    fit(without_dropout(), ToyDataset(), toy_loss, plain, config(steps=6), show_progress=False)
+    result = fit(
+        without_dropout(),
+        ToyDataset(),
+        recording_loss,
+        nhwc,
+        config(steps=6, channels_last=True),
+        show_progress=False,
+    )
+    assert all(seen_layouts) and len(seen_layouts) == 6
+    assert result.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    a, b = weights(plain), weights(nhwc)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)

@@ -28,3 +28,18 @@ def test_run_report_has_curves_metrics_and_config(tmp_path: Path):
     html = build_run_report(tmp_path).read_text()
     assert (tmp_path / "figures" / "learning_curve.png").stat().st_size > 1000
     assert "learning_curve.png" in html and "0.7500" in html and "steps: 10" in html
+
+
+def test_image_grid_places_tiles_row_by_row_with_gaps():
+    import numpy as np
+    import pytest
+
+    from pathseg.report.figures import image_grid
+
+    tiles = [np.full((4, 5, 3), value, np.uint8) for value in (10, 20, 30)]
+    grid = image_grid(tiles, columns=2, gap=1)
+    assert grid.shape == (4 * 2 + 1, 5 * 2 + 1, 3)
+    assert (grid[:4, :5] == 10).all() and (grid[:4, 6:] == 20).all() and (grid[5:, :5] == 30).all()
+    assert (grid[4] == 255).all() and (grid[5:, 6:] == 255).all()  # gap row and the empty last cell
+    with pytest.raises(ValueError, match="same size"):
+        image_grid([tiles[0], np.zeros((3, 5, 3), np.uint8)])

@@ -1,9 +1,13 @@
 """Ancestral DDPM and DDIM sampling, and deterministic DDIM inversion.
 
-The update rules are diffusers' ``DDPMScheduler`` / ``DDIMScheduler`` (well tested, and what users
-already know); pathseg hands them its own betas (``trained_betas``), so the schedule defined in
-:mod:`pathseg.diffusion.schedules` is the single source of truth for training and sampling.
-The loop around them, conditioning and guidance are ours (:func:`~pathseg.diffusion.conditioning.denoise`).
+Timesteps (both samplers) and the DDPM update come from diffusers' ``DDIMScheduler`` /
+``DDPMScheduler`` (well tested, and what users already know), fed with pathseg's own betas
+(``trained_betas``), so the schedule of :mod:`pathseg.diffusion.schedules` is the single source of
+truth. The DDIM update itself is written here (:func:`ddim_step`): diffusers' ``DDIMScheduler.step``
+always moves ``T // steps`` timesteps down, which is not the next listed timestep for
+``trailing``/``linspace`` spacing when ``steps`` does not divide ``T`` (and it would then end short of
+the clean image); inversion needs the same rule run upwards anyway. Conditioning and guidance go
+through :func:`~pathseg.diffusion.conditioning.denoise`.
 
 DDIM uses ``timestep_spacing="trailing"`` by default, so that a 50-step chain starts at the last
 training step ``T-1`` (diffusers' "leading" default starts at 980 for T = 1000, which leaves noise
@@ -23,7 +27,7 @@ from pathseg.diffusion.conditioning import Condition, Guidance, denoise
 from pathseg.diffusion.schedules import NoiseSchedule, Prediction
 from pathseg.errors import ConfigError
 
-__all__ = ["Sampler", "SamplerConfig"]
+__all__ = ["Sampler", "SamplerConfig", "ddim_step"]
 
 StepCallback = Callable[[int, int, Tensor, Tensor], None]
 """``callback(step_index, t, x_t, x0_hat)`` after every sampler step (for trajectory figures)."""
@@ -55,6 +59,31 @@ class SamplerConfig:
             raise ConfigError(f"sampling.steps must be >= 1, got {self.steps}")
         if self.eta < 0:
             raise ConfigError(f"sampling.eta must be >= 0, got {self.eta}")
+
+
+def ddim_step(
+    x0_hat: Tensor,
+    eps_hat: Tensor,
+    alpha_bar_t: Tensor,
+    alpha_bar_next: Tensor,
+    eta: float = 0.0,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """One DDIM move (Song et al. 2021, eq. 12) from ``alpha_bar_t`` to ``alpha_bar_next``.
+
+    ``x' = sqrt(a') x0 + sqrt(1 - a' - sigma^2) eps + sigma z`` with
+    ``sigma = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a')``; with ``eta = 0`` it is deterministic
+    and also valid upwards (``a' < a``), which is DDIM inversion.
+    """
+    sigma = 0.0
+    if eta > 0:
+        sigma = eta * ((1 - alpha_bar_next) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_next)).sqrt()
+    out = alpha_bar_next.sqrt() * x0_hat + (1 - alpha_bar_next - sigma**2).clamp(min=0).sqrt() * eps_hat
+    if eta > 0:
+        if noise is None:
+            raise ValueError("ddim_step with eta > 0 needs noise")
+        out = out + sigma * noise
+    return out
 
 
 class Sampler:
@@ -98,9 +127,9 @@ class Sampler:
             "clip_sample_range": float(clip_sample or 1.0),
             "timestep_spacing": self.config.spacing,
         }
+        self.clip_sample = clip_sample
         if self.config.method == "ddim":
-            # set_alpha_to_one: the last step lands on the clean image (alpha_bar = 1), not on t = 0.
-            self.scheduler = DDIMScheduler(**common, set_alpha_to_one=True)
+            self.scheduler = DDIMScheduler(**common)  # used for its timestep list only
         else:
             self.scheduler = DDPMScheduler(**common, variance_type="fixed_small")
         self.scheduler.set_timesteps(steps)
@@ -136,21 +165,31 @@ class Sampler:
         if noise is None:
             noise = torch.randn(shape, generator=generator, dtype=torch.float32)
         x = noise.to(device=device, dtype=torch.float32)
-        for index, t in enumerate(self.timesteps):
-            output = denoise(
-                model, x, torch.full((x.shape[0],), t, device=device), condition, guidance
-            ).float()
+        timesteps = self.timesteps
+        alpha_bar = self.schedule.alphas_cumprod
+        for index, t in enumerate(timesteps):
+            batch_t = torch.full((x.shape[0],), t, device=device)
+            output = denoise(model, x, batch_t, condition, guidance).float()
             if self.config.method == "ddim":
-                variance_noise = None
-                if self.config.eta > 0:
-                    variance_noise = torch.randn(x.shape, generator=generator).to(device)
-                step = self.scheduler.step(output, t, x, eta=self.config.eta, variance_noise=variance_noise)
+                x0_hat, eps_hat = self.schedule.split_prediction(self.prediction, output, x, batch_t)
+                if self.clip_sample is not None:
+                    x0_hat = x0_hat.clamp(-self.clip_sample, self.clip_sample)
+                # After the last listed step the chain lands on the clean image (alpha_bar = 1).
+                next_bar = (
+                    alpha_bar[timesteps[index + 1]] if index + 1 < len(timesteps) else alpha_bar.new_ones(())
+                )
+                step_noise = (
+                    torch.randn(x.shape, generator=generator).to(device) if self.config.eta > 0 else None
+                )
+                x = ddim_step(
+                    x0_hat, eps_hat, alpha_bar[t].to(x), next_bar.to(x), self.config.eta, step_noise
+                )
             else:
                 # diffusers draws the noise on the generator's device and moves it to x's.
                 step = self.scheduler.step(output, t, x, generator=generator)
-            x = step.prev_sample.to(device)
+                x, x0_hat = step.prev_sample.to(device), step.pred_original_sample.to(device)
             if callback is not None:
-                callback(index, t, x, step.pred_original_sample.to(device))
+                callback(index, t, x, x0_hat)
         return x
 
     @torch.no_grad()
@@ -172,17 +211,16 @@ class Sampler:
             raise ConfigError("inversion needs the ddim sampler")
         alpha_bar = self.schedule.alphas_cumprod
         x = x0.float()
-        ascending = self.timesteps[::-1]
         previous = None  # None: x is the clean image (alpha_bar = 1)
-        for t in ascending:
+        for t in self.timesteps[::-1]:
             at = previous if previous is not None else t
-            output = denoise(model, x, torch.full((x.shape[0],), at, device=x.device), condition, guidance)
-            x0_hat, eps = self.schedule.split_prediction(
-                self.prediction, output.float(), x, torch.full((x.shape[0],), at)
-            )
+            batch_t = torch.full((x.shape[0],), at, device=x.device)
+            output = denoise(model, x, batch_t, condition, guidance).float()
+            x0_hat, eps_hat = self.schedule.split_prediction(self.prediction, output, x, batch_t)
             if previous is None:
-                x0_hat = x
-            a = alpha_bar[t].to(x)
-            x = a.sqrt() * x0_hat + (1 - a).sqrt() * eps
+                x0_hat, current = x, alpha_bar.new_ones(())
+            else:
+                current = alpha_bar[previous]
+            x = ddim_step(x0_hat, eps_hat, current.to(x), alpha_bar[t].to(x))
             previous = t
         return x

@@ -61,6 +61,8 @@ def make_betas(
         scale = 1000.0 / num_steps if key == "linear" else 1.0
         start = beta_start if beta_start is not None else 1e-4 * scale
         end = beta_end if beta_end is not None else 0.02 * scale
+        if min(start, end) < 0:
+            raise ConfigError(f"noise schedule {name!r}: beta_start and beta_end must be positive")
         if key == "linear":
             betas = torch.linspace(start, end, num_steps, dtype=torch.float64)
         elif key == "scaled_linear":
@@ -104,6 +106,9 @@ class NoiseSchedule:
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        # Precomputed in float64: 1 - alpha_bar in float32 loses most digits at small t.
+        self.signal_scale = self.alphas_cumprod.sqrt()
+        self.noise_scale = (1.0 - self.alphas_cumprod).sqrt()
 
     @classmethod
     def named(
@@ -133,13 +138,13 @@ class NoiseSchedule:
 
     def q_mean_std(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation of ``q(x_t | x_0)``."""
-        alpha_bar = self._at(self.alphas_cumprod, t, x0)
-        return alpha_bar.sqrt() * x0, (1 - alpha_bar).sqrt().expand_as(x0)
+        a, s = self._at(self.signal_scale, t, x0), self._at(self.noise_scale, t, x0)
+        return a * x0, s.expand_as(x0)
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """Draw ``x_t ~ q(x_t | x_0)`` with the given standard-normal ``noise``."""
-        alpha_bar = self._at(self.alphas_cumprod, t, x0)
-        return (alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise).to(x0.dtype)
+        a, s = self._at(self.signal_scale, t, x0), self._at(self.noise_scale, t, x0)
+        return (a * x0 + s * noise).to(x0.dtype)
 
     def target(self, prediction: Prediction, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """What a network with this ``prediction`` type must output for ``x_t = add_noise(x0, noise, t)``.
@@ -151,16 +156,15 @@ class NoiseSchedule:
             return noise
         if prediction == "sample":
             return x0
-        alpha_bar = self._at(self.alphas_cumprod, t, x0)
-        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+        a, s = self._at(self.signal_scale, t, x0), self._at(self.noise_scale, t, x0)
+        return a * noise - s * x0
 
     def split_prediction(
         self, prediction: Prediction, output: Tensor, x_t: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor]:
         """``(x0_hat, eps_hat)`` implied by a network output of the given type at ``x_t``."""
         _check_prediction(prediction)
-        alpha_bar = self._at(self.alphas_cumprod, t, x_t)
-        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        a, s = self._at(self.signal_scale, t, x_t), self._at(self.noise_scale, t, x_t)
         output, x_t = output.float(), x_t.float()
         if prediction == "epsilon":
             return (x_t - s * output) / a, output

@@ -38,7 +38,7 @@ from pathseg.diffusion import DiffusionConfig, DiffusionLoss, Sampler, SamplerCo
 from pathseg.engine import TrainerConfig, fit, write_run_info
 from pathseg.engine.distributed import is_main_process
 from pathseg.errors import ConfigError, DataError
-from pathseg.models import create_model
+from pathseg.models import create_model, model_arguments
 from pathseg.report.figures import image_grid
 from pathseg.report.html import image_tag
 from pathseg.report.run_report import build_run_report
@@ -131,17 +131,18 @@ def _synthetic_folder(config: PretrainConfig) -> Path:
 
 def build_denoiser(config: PretrainConfig) -> nn.Module:
     torch.manual_seed(config.train.seed)
-    kwargs = config.model.kwargs()
-    try:
-        model = create_model(config.model.name, in_channels=3, num_classes=3, time_embedding=True, **kwargs)
-    except TypeError:
+    if "time_embedding" not in model_arguments(config.model.name):
         raise ConfigError(
             f"model {config.model.name!r} has no time embedding; pretraining needs a U-Net (unet, unet_small)"
-        ) from None
+        )
+    model = create_model(
+        config.model.name, in_channels=3, num_classes=3, time_embedding=True, **config.model.kwargs()
+    )
     multiple = getattr(model, "size_multiple", 1)
     if config.data.crop_size % multiple:
         raise ConfigError(
-            f"data.crop_size={config.data.crop_size} must be a multiple of {multiple} for this {config.model.name}"
+            f"data.crop_size={config.data.crop_size} must be a multiple of {multiple} "
+            f"for this {config.model.name}"
         )
     return model
 
@@ -248,8 +249,8 @@ def _check_sizes(dataset: UnlabeledImageDataset, crop_size: int) -> None:
         if min(height, width) < crop_size:
             raise DataError(
                 path,
-                f"{height}x{width} px after scale {dataset.scale} is smaller than data.crop_size={crop_size}; "
-                "lower the crop size or raise data.scale",
+                f"{height}x{width} px after scale {dataset.scale} is smaller than "
+                f"data.crop_size={crop_size}; lower the crop size or raise data.scale",
             )
 
 
