@@ -112,9 +112,20 @@ def parse_loss(text: str) -> dict[str, float]:
     return terms
 
 
+# Options shared by the training commands (train, pretrain).
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+StepsOption = Annotated[int | None, typer.Option(help="Optimizer steps.")]
+BatchOption = Annotated[int | None, typer.Option("--batch-size", "-b", help="Batch size per process.")]
+ScaleOption = Annotated[float | None, typer.Option(help="Resize factor applied to images (0.5 = half).")]
+SeedOption = Annotated[int | None, typer.Option(help="Random seed.")]
+OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Any config key: --set train.lr=3e-4")]
+ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")]
+
+
 @app.command()
 def train(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    config: ConfigOption = None,
     train_dir: Annotated[Path | None, typer.Option("--train", help="Folder with images/ and masks/.")] = None,
     val_dir: Annotated[
         Path | None, typer.Option("--val", help="Validation folder (default: split from --train).")
@@ -131,18 +142,14 @@ def train(
     ] = None,
     model: Annotated[str | None, typer.Option(help="Registered model name (see `pathseg models`).")] = None,
     loss: Annotated[str | None, typer.Option(help='Loss terms, e.g. "ce+dice" or "focal:1,dice:1".')] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", "-b", help="Batch size per process.")
-    ] = None,
+    steps: StepsOption = None,
+    batch_size: BatchOption = None,
     crop_size: Annotated[int | None, typer.Option(help="Training crop and inference tile size.")] = None,
-    scale: Annotated[float | None, typer.Option(help="Resize factor applied to images (0.5 = half).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    output: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Any config key: --set train.lr=3e-4")
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    scale: ScaleOption = None,
+    seed: SeedOption = None,
+    output: OutOption = None,
+    overrides: SetOption = None,
+    resume: ResumeOption = False,
     init: Annotated[
         Path | None,
         typer.Option(help="Start from these weights: a file, a run folder, or a `pathseg pretrain` run."),
@@ -236,7 +243,7 @@ def _resume_config(schema, config: Path | None, output: Path | None, pairs: list
 
 @app.command()
 def pretrain(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    config: ConfigOption = None,
     images: Annotated[
         list[Path] | None,
         typer.Option("--images", help="Folder of unlabeled images (or holding images/); repeatable."),
@@ -245,18 +252,14 @@ def pretrain(
         int | None, typer.Option(help="Also generate this many synthetic tiles to pretrain on.")
     ] = None,
     model: Annotated[str | None, typer.Option(help="U-Net preset: unet_small or unet.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", "-b", help="Batch size per process.")
-    ] = None,
+    steps: StepsOption = None,
+    batch_size: BatchOption = None,
     crop_size: Annotated[int | None, typer.Option(help="Random crop size in pixels.")] = None,
-    scale: Annotated[float | None, typer.Option(help="Resize factor applied to images (0.5 = half).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    output: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Any config key: --set diffusion.schedule=cosine")
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    scale: ScaleOption = None,
+    seed: SeedOption = None,
+    output: OutOption = None,
+    overrides: SetOption = None,
+    resume: ResumeOption = False,
 ) -> None:
     """Self-supervised pretraining: a diffusion denoiser on unlabeled images (GenSelfDiff stage 1).
 
