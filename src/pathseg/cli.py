@@ -59,28 +59,43 @@ def _train_overrides(
     output: Path | None,
 ) -> list[str]:
     """Turn the convenience options into ``key=value`` overrides (applied before ``--set``)."""
-    pairs: list[str] = []
-    for key, value in [
-        ("data.train", train),
-        ("data.val", val),
-        ("data.test", test),
-        ("data.label_fraction", label_fraction),
-        ("data.groups_csv", groups),
-        ("model.name", model),
-        ("train.steps", steps),
-        ("train.batch_size", batch_size),
-        ("data.crop_size", crop_size),
-        ("data.scale", scale),
-        ("train.seed", seed),
-        ("output", output),
-    ]:
-        if value is not None:
-            pairs.append(f"{key}={value}")
+    pairs = _option_pairs(
+        [
+            ("data.train", train),
+            ("data.val", val),
+            ("data.test", test),
+            ("data.label_fraction", label_fraction),
+            ("data.groups_csv", groups),
+            ("model.name", model),
+            ("train.steps", steps),
+            ("train.batch_size", batch_size),
+            ("data.crop_size", crop_size),
+            ("data.scale", scale),
+            ("train.seed", seed),
+            ("output", output),
+        ]
+    )
     if classes is not None:
         pairs.append("data.classes=" + json.dumps(parse_classes(classes)))
     if loss is not None:
         pairs.append("loss.terms=" + json.dumps(parse_loss(loss)))
     return pairs
+
+
+def _option_pairs(items: list[tuple[str, object]]) -> list[str]:
+    """``key=value`` overrides for the options the user gave (None means "not given")."""
+    return [f"{key}={value}" for key, value in items if value is not None]
+
+
+def _run_config(schema, config: Path | None, output: Path | None, pairs: list[str], resume: bool):
+    """The config of a new run (refusing to overwrite one) or, with ``resume``, of the run in ``--out``."""
+    from pathseg.config import resolve_config
+
+    if resume:
+        return _resume_config(schema, config, output, pairs)
+    cfg = resolve_config(schema, config, pairs)
+    _refuse_existing_run(Path(cfg.output))
+    return cfg
 
 
 def parse_classes(text: str) -> dict[str, int] | list[str]:
@@ -156,7 +171,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a segmenter on an images/ + masks/ folder and evaluate it on whole images."""
-    from pathseg.config import SupervisedConfig, resolve_config
+    from pathseg.config import SupervisedConfig
     from pathseg.engine.distributed import is_main_process
     from pathseg.methods import supervised
     from pathseg.report.run_report import build_run_report
@@ -181,11 +196,7 @@ def train(
         + ([f"init={init}"] if init is not None else [])
         + list(overrides or [])
     )
-    if resume:
-        cfg = _resume_config(SupervisedConfig, config, output, pairs)
-    else:
-        cfg = resolve_config(SupervisedConfig, config, pairs)
-        _refuse_existing_run(Path(cfg.output))
+    cfg = _run_config(SupervisedConfig, config, output, pairs, resume)
     console.print(f"run folder: [bold]{cfg.output}[/]")
     started = time.perf_counter()
     outcome = supervised.train(cfg, resume=resume)
@@ -265,13 +276,11 @@ def pretrain(
 
     Fine-tune the result with `pathseg train --init RUN_FOLDER`.
     """
-    from pathseg.config import resolve_config
     from pathseg.methods.genselfdiff import PretrainConfig
     from pathseg.methods.genselfdiff import pretrain as run_pretrain
 
-    pairs = [
-        f"{key}={value}"
-        for key, value in [
+    pairs = _option_pairs(
+        [
             ("data.synthetic", synthetic),
             ("model.name", model),
             ("train.steps", steps),
@@ -281,16 +290,10 @@ def pretrain(
             ("train.seed", seed),
             ("output", output),
         ]
-        if value is not None
-    ]
+    )
     if images:
         pairs.append("data.images=" + json.dumps([str(p) for p in images]))
-    pairs += list(overrides or [])
-    if resume:
-        cfg = _resume_config(PretrainConfig, config, output, pairs)
-    else:
-        cfg = resolve_config(PretrainConfig, config, pairs)
-        _refuse_existing_run(Path(cfg.output))
+    cfg = _run_config(PretrainConfig, config, output, pairs + list(overrides or []), resume)
     console.print(f"run folder: [bold]{cfg.output}[/]")
     outcome = run_pretrain(cfg, resume=resume)
     if "report" in outcome:
