@@ -14,8 +14,8 @@ Writes ``benchmarks/results/genselfdiff_glas[_gpu].json``, ``..._curve.png`` (le
 ``..._samples.png`` (samples from the pretrained denoiser next to real crops).
 
 Scales:
-* ``cpu`` (2-core CPU, ~45 min): images at 1/3 resolution, 96 px crops, ``unet_small`` (1.9 M
-  parameters, attention at the 12 px level and the bottleneck), 2000 pretraining steps, 300
+* ``cpu`` (2-core CPU, ~65 min): images at 1/3 resolution, 96 px crops, ``unet_small`` (1.9 M
+  parameters, attention at the 12 px level and the bottleneck), 4000 pretraining steps, 300
   fine-tuning steps, bf16 autocast.
 * ``full`` (GPU): half resolution, 256 px crops, the ``unet`` preset, 20k pretraining steps,
   1500 fine-tuning steps, bf16 + channels_last + torch.compile.
@@ -56,7 +56,7 @@ SCALES = {
         "image_scale": 1 / 3,
         "crop": 96,
         "model": {"name": "unet_small", "attention_levels": [3], "mid_attention": True},
-        "pretrain_steps": 2000,
+        "pretrain_steps": 4000,
         "finetune_steps": 300,
         "batch": 8,
         "fast_gpu": False,
@@ -73,8 +73,9 @@ SCALES = {
 }
 
 
-def pretrain_config(settings: dict, data: Path, run_dir: Path, steps: int, seed: int):
+def pretrain_config(settings: dict, data: Path, run_dir: Path, steps: int, seed: int, weighting: str):
     overrides = [
+        f"diffusion.weighting={weighting}",
         f"data.images={json.dumps([str(data / 'train')])}",
         f"data.scale={settings['image_scale']}",
         f"data.crop_size={settings['crop']}",
@@ -91,10 +92,12 @@ def pretrain_config(settings: dict, data: Path, run_dir: Path, steps: int, seed:
     return resolve_config(genselfdiff.PretrainConfig, None, overrides)
 
 
-def pretrain_run(settings: dict, data: Path, work: Path, steps: int, seed: int) -> tuple[Path, dict]:
+def pretrain_run(
+    settings: dict, data: Path, work: Path, steps: int, seed: int, weighting: str
+) -> tuple[Path, dict]:
     run_dir = work / "pretrain"
     shutil.rmtree(run_dir, ignore_errors=True)
-    config = pretrain_config(settings, data, run_dir, steps, seed)
+    config = pretrain_config(settings, data, run_dir, steps, seed, weighting)
     print(f"== pretraining {config.model.name} for {steps} steps on unlabeled GlaS train", flush=True)
     started = time.perf_counter()
     outcome = genselfdiff.pretrain(config)
@@ -110,6 +113,7 @@ def pretrain_run(settings: dict, data: Path, work: Path, steps: int, seed: int) 
         "label_fraction": None,
         "seed": seed,
         "metrics": {"val_loss_first": val[0], "val_loss_best": min(val), "val_loss_last": val[-1]},
+        "loss_weighting": weighting,
         "train_steps": steps,
         "wall_s": round(wall, 1),
         "images_per_s": round(statistics.mean(rates), 2),
@@ -123,7 +127,7 @@ def speed_ratio(settings: dict, data: Path, work: Path, steps: int = 25) -> list
 
     Runs first, before anything else competes for the CPU.
     """
-    config = pretrain_config(settings, data, work / "speed_config", steps, 0)
+    config = pretrain_config(settings, data, work / "speed_config", steps, 0, "uniform")
     paths = genselfdiff.pretrain_images(config)
     from pathseg.data.datasets import UnlabeledImageDataset
     from pathseg.data.transforms import AugmentConfig, build_train_transform
@@ -303,7 +307,8 @@ def write(out: Path, args, gpu: str | None, records: list[dict], settings: dict)
             f"Images at {settings['image_scale']:.3g} of native resolution, {settings['crop']} px crops, "
             f"batch {settings['batch']}, model {json.dumps(settings['model'])} with a time embedding. "
             f"Pretraining: {args.pretrain_steps} steps on GlaS train images without masks "
-            "(DDPM, quadratic schedule, epsilon prediction, P2 weights k=gamma=1, AdamW 2e-4, EMA 0.999). "
+            f"(DDPM, quadratic schedule, epsilon prediction, {args.weighting} loss weights, AdamW 2e-4, "
+            "EMA 0.999). "
             f"Fine-tuning: {args.finetune_steps} steps, CE+Dice, AdamW 1e-3, EMA 0.99, flips/rot90/scale"
             "; 'genselfdiff' starts from the pretrained denoiser (head replaced, t fixed at 0), 'scratch' is "
             "the same network from random init with the same steps. Label fractions are whole patients "
@@ -327,6 +332,13 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=None)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--weighting",
+        choices=("uniform", "p2", "min_snr"),
+        default="uniform",
+        help="pretraining loss weights over t. GenSelfDiff uses p2 (k = gamma = 1), which gives t = 0 a "
+        "weight of ~1e-4: the denoiser never learns the t = 0 pass that fine-tuning then uses",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--work", type=Path, default=None, help="run folders (default: a temporary folder)")
@@ -345,7 +357,9 @@ def main() -> None:
     print(f"run folders in {work}", flush=True)
 
     records = speed_ratio(settings, args.data, work)
-    pretrain_dir, record = pretrain_run(settings, args.data, work, args.pretrain_steps, seed=0)
+    pretrain_dir, record = pretrain_run(
+        settings, args.data, work, args.pretrain_steps, seed=0, weighting=args.weighting
+    )
     records.append(record)
     samples = image_grid(
         [read_image(pretrain_dir / "real.png"), read_image(pretrain_dir / "samples.png")], 2, 8
