@@ -34,16 +34,16 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_results
 from fp32_reference import images_per_second
 from pathseg.config import SupervisedConfig, resolve_config
 from pathseg.data.io import read_image, write_image
-from pathseg.engine import TrainerConfig, environment_info, fit
+from pathseg.engine import TrainerConfig, fit
 from pathseg.methods import genselfdiff, supervised
 from pathseg.report.figures import image_grid
 
@@ -289,40 +289,24 @@ def plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write(out: Path, args, gpu: str | None, records: list[dict], settings: dict) -> None:
-    env = environment_info()
-    payload = {
-        "benchmark": "genselfdiff_glas",
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "git_commit": env["git_commit"],
-        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {
-            "device": "cuda" if gpu else "cpu",
-            "cpu_threads": torch.get_num_threads(),
-            "gpu": gpu,
-            "torch": torch.__version__,
-        },
-        "scale": "full" if args.scale == "full" else "cpu-reduced",
-        "notes": (
-            f"Images at {settings['image_scale']:.3g} of native resolution, {settings['crop']} px crops, "
-            f"batch {settings['batch']}, model {json.dumps(settings['model'])} with a time embedding. "
-            f"Pretraining: {args.pretrain_steps} steps on GlaS train images without masks "
-            f"(DDPM, quadratic schedule, epsilon prediction, {args.weighting} loss weights, AdamW 2e-4, "
-            "EMA 0.999). "
-            f"Fine-tuning: {args.finetune_steps} steps, CE+Dice, AdamW 1e-3, EMA 0.99, flips/rot90/scale"
-            "; 'genselfdiff' starts from the pretrained denoiser (head replaced, t fixed at 0), 'scratch' is "
-            "the same network from random init with the same steps. Label fractions are whole patients "
-            "(grade.csv), seeds 0-2 draw different subsets and inits. Metrics on all 60 testA images, "
-            "whole images at the working resolution (HD95 in working-resolution pixels). "
-            + ("Reduced for a 2-core CPU (the full scale needs a GPU); " if args.scale == "cpu" else "")
-            + "speed ratio: pathseg loop (bf16 autocast, SDPA, EMA"
-            + (", channels_last, torch.compile" if settings["fast_gpu"] else "")
-            + ") vs benchmarks/fp32_reference.py."
-        ),
-        "records": records,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+def write(out: Path, args, records: list[dict], settings: dict) -> None:
+    notes = (
+        f"Images at {settings['image_scale']:.3g} of native resolution, {settings['crop']} px crops, "
+        f"batch {settings['batch']}, model {json.dumps(settings['model'])} with a time embedding. "
+        f"Pretraining: {args.pretrain_steps} steps on GlaS train images without masks "
+        f"(DDPM, quadratic schedule, epsilon prediction, {args.weighting} loss weights, AdamW 2e-4, "
+        "EMA 0.999). "
+        f"Fine-tuning: {args.finetune_steps} steps, CE+Dice, AdamW 1e-3, EMA 0.99, flips/rot90/scale"
+        "; 'genselfdiff' starts from the pretrained denoiser (head replaced, t fixed at 0), 'scratch' is "
+        "the same network from random init with the same steps. Label fractions are whole patients "
+        "(grade.csv), seeds 0-2 draw different subsets and inits. Metrics on all 60 testA images, "
+        "whole images at the working resolution (HD95 in working-resolution pixels). "
+        + ("Reduced for a 2-core CPU (the full scale needs a GPU); " if args.scale == "cpu" else "")
+        + "speed ratio: pathseg loop (bf16 autocast, SDPA, EMA"
+        + (", channels_last, torch.compile" if settings["fast_gpu"] else "")
+        + ") vs benchmarks/fp32_reference.py."
+    )
+    write_results(out, "genselfdiff_glas", args.scale == "cpu", notes, records)
 
 
 def main() -> None:
@@ -365,14 +349,14 @@ def main() -> None:
         [read_image(pretrain_dir / "real.png"), read_image(pretrain_dir / "samples.png")], 2, 8
     )
     write_image(out.with_name(f"{name}_samples.png"), samples)
-    write(out, args, gpu, records, settings)
+    write(out, args, records, settings)
     for fraction in args.fractions:
         for seed in args.seeds:
             for init in (pretrain_dir, None):
                 records.append(
                     finetune_run(settings, args.data, work, fraction, seed, init, args.finetune_steps)
                 )
-                write(out, args, gpu, records, settings)
+                write(out, args, records, settings)
     finetuned = [r for r in records if r["method"] in ("genselfdiff", "scratch")]
     for fraction in args.fractions:
         gains = [
@@ -388,7 +372,7 @@ def main() -> None:
             mean_gain = statistics.mean(gains)
             print(f"fraction {fraction}: Dice gain from pretraining {mean_gain:+.4f} (per seed {gains})")
     plot(finetuned, out.with_name(f"{name}_curve.png"))
-    write(out, args, gpu, records, settings)
+    write(out, args, records, settings)
     print(f"wrote {out}")
 
 

@@ -31,18 +31,19 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_results
 from pathseg.data.classes import ClassMap
 from pathseg.data.datasets import SegmentationDataset
 from pathseg.data.folders import discover_dataset, read_groups_csv
 from pathseg.data.splits import label_fraction_subset
 from pathseg.data.transforms import AugmentConfig, build_train_transform
-from pathseg.engine import TrainerConfig, environment_info, fit
+from pathseg.engine import TrainerConfig, fit
 from pathseg.inference.evaluate import WindowSettings, evaluate_samples
 from pathseg.losses import build_loss
 from pathseg.models import create_model
@@ -185,7 +186,7 @@ def main() -> None:
     for fraction in args.fractions:
         for method in args.methods:
             records.append(run_one(method, fraction, args.seed, args.budget_min * 60, args.data, work))
-            write(out, args, gpu, records)
+            write(out, args, records)
     by_key = {(r["method"], r["label_fraction"]): r for r in records}
     for fraction in args.fractions:
         ours, base = by_key.get(("supervised", fraction)), by_key.get(("monai_flexibleunet", fraction))
@@ -206,36 +207,20 @@ def main() -> None:
                     "images_per_s": None,
                 }
             )
-    write(out, args, gpu, records)
+    write(out, args, records)
     print(f"wrote {out}")
 
 
-def write(out: Path, args, gpu: str | None, records: list[dict]) -> None:
-    env = environment_info()
-    payload = {
-        "benchmark": "glas_supervised",
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "git_commit": env["git_commit"],
-        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {
-            "device": "cuda" if gpu else "cpu",
-            "cpu_threads": torch.get_num_threads(),
-            "gpu": gpu,
-            "torch": torch.__version__,
-        },
-        "scale": "cpu-reduced" if args.scale == "cpu" else "full",
-        "notes": (
-            f"Training budget {args.budget_min} min wall clock per run (the issue's baseline figure used "
-            f"35 min); images at half resolution ({SCALE}), {CROP} px crops, batch {BATCH}, bf16 autocast; "
-            f"label fractions choose whole patients from grade.csv with seed {args.seed}, the same subset "
-            "for both methods. Metrics on all 60 testA images at native resolution (predictions made at "
-            "half resolution, probabilities upsampled): dice/iou are per-image foreground means, "
-            "global_dice pools all pixels, hd95 and object_hausdorff in native pixels."
-        ),
-        "records": records,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2))
+def write(out: Path, args, records: list[dict]) -> None:
+    notes = (
+        f"Training budget {args.budget_min} min wall clock per run (the issue's baseline figure used "
+        f"35 min); images at half resolution ({SCALE}), {CROP} px crops, batch {BATCH}, bf16 autocast; "
+        f"label fractions choose whole patients from grade.csv with seed {args.seed}, the same subset "
+        "for both methods. Metrics on all 60 testA images at native resolution (predictions made at "
+        "half resolution, probabilities upsampled): dice/iou are per-image foreground means, "
+        "global_dice pools all pixels, hd95 and object_hausdorff in native pixels."
+    )
+    write_results(out, "glas_supervised", args.scale == "cpu", notes, records)
 
 
 if __name__ == "__main__":

@@ -249,3 +249,130 @@ def test_resume_refuses_a_changed_config(tmp_path: Path, synth_root: Path) -> No
     write_run_info(run, to_plain(saved))
     line = one_line_error(_run_main(["train", "--resume", "--out", str(run), "--set", "train.lr=0.5"]))
     assert "config.yaml" in line and "train.lr" in line and "only train.steps may change" in line
+
+
+# --------------------------------------------------------------------------------------- weak
+
+
+@pytest.fixture(scope="module")
+def tissue_patches(tmp_path_factory) -> tuple[Path, Path, object]:
+    """Synthetic tissue tiles cut by `pathseg data patch-labels`, plus two whole tiles as a test set
+    whose masks sit in tissue/ (read with --mask-folder)."""
+    import shutil
+
+    from pathseg.data.synthetic import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("tissue")
+    full = write_dataset(root / "synth", 10, seed=1, config=SynthConfig(size=64))
+    for name in ("synth_00008", "synth_00009"):
+        for sub, source in (("images", "images"), ("tissue", "tissue")):  # as `data synth` names them
+            (root / "test" / sub).mkdir(parents=True, exist_ok=True)
+            shutil.copy(full / source / f"{name}.png", root / "test" / sub / f"{name}.png")
+    args = ["data", "patch-labels", str(full), str(root / "patches"), "--masks", "tissue", "--ignore", "3"]
+    result = runner.invoke(app, [*args, "--patch-size", "32", "--style", "space"])
+    return root / "patches", root / "test", result
+
+
+def test_data_patch_labels_writes_labelled_patches(tissue_patches) -> None:
+    import numpy as np
+
+    from pathseg.data.io import read_label_image
+    from pathseg.data.patch_labels import discover_patch_labels
+
+    patches, _, result = tissue_patches
+    assert result.exit_code == 0, result.output
+    found = discover_patch_labels(patches, ["tumour", "stroma", "normal"])
+    assert "from 10 images" in result.output and f"wrote {len(found)} patches" in result.output
+    assert 10 <= len(found) <= 40  # at most 4 patches of 32 px per 64 px tile; glass-only ones skipped
+    assert all(
+        s.image.name.endswith("].png") and "-[" in s.image.name and "," not in s.image.name for s in found
+    )
+    with open(patches / "labels.csv") as handle:
+        assert len(handle.read().strip().splitlines()) == len(found) + 1
+    for sample in found:
+        mask = read_label_image(patches / "masks" / sample.image.name)
+        assert mask.shape == (32, 32)
+        values = set(np.unique(mask).tolist())
+        assert values <= {0, 1, 2, 255}  # background (3) became the ignore index
+        labelled = mask[mask != 255]
+        shares = np.bincount(labelled, minlength=3) / labelled.size
+        assert sample.labels == tuple(int(share > 0.05) for share in shares)  # the default min_fraction
+
+
+def weak_run_args(patches: Path, test: Path, out: Path) -> list[str]:
+    from tests.methods.test_weak import TINY
+
+    args = ["weak", "run", "--patches", str(patches), "--test", str(test), "--mask-folder", "tissue"]
+    args += ["--ignore", "3", "--out", str(out)]
+    for pair in TINY:
+        args += ["--set", pair]
+    return args
+
+
+def test_weak_run_end_to_end_refuses_to_overwrite_and_resumes(tissue_patches, tmp_path: Path) -> None:
+    patches, test, _ = tissue_patches
+    out = tmp_path / "weak"
+    first = _run_main(weak_run_args(patches, test, out))
+    assert first.exit_code == 0, first.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"test", "test_ungated", "test_cams"} <= set(summary)
+    assert (out / "figures" / "cams.png").exists() and (out / "cam_quality.json").exists()
+    line = one_line_error(_run_main(weak_run_args(patches, test, out)))
+    assert str(out) in line and "already exists" in line and "--resume" in line
+    weights = out / "segmenter" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    again = _run_main(["weak", "run", "--resume", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert weights.stat().st_mtime_ns == stamp  # finished stages are skipped
+
+
+def test_weak_cam_without_a_run_folder_is_clear(tmp_path: Path) -> None:
+    line = one_line_error(_run_main(["weak", "cam", "--out", str(tmp_path / "nowhere")]))
+    assert str(tmp_path / "nowhere") in line and "no config.yaml" in line
+    line = one_line_error(_run_main(["weak", "cam"]))
+    assert "--out" in line
+    line = one_line_error(_run_main(["weak", "train", "--out", str(tmp_path)]))
+    assert "no config.yaml" in line
+
+
+def test_weak_bad_patch_name_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    import numpy as np
+
+    from pathseg.data.io import write_image
+
+    for name in ("bad.png", "ok-[1, 0, 0].png"):
+        write_image(tmp_path / "patches" / "images" / name, np.zeros((32, 32, 3), np.uint8))
+    line = one_line_error(
+        _run_main(["weak", "classify", "--patches", str(tmp_path / "patches"), "--out", str(tmp_path / "r")])
+    )
+    assert str(tmp_path / "patches" / "images" / "bad.png") in line and "carries no patch label" in line
+    wrong = tmp_path / "patches" / "images" / "ok-[1, 0, 0].png"
+    (tmp_path / "patches" / "images" / "bad.png").unlink()
+    line = one_line_error(
+        _run_main(
+            [
+                "weak",
+                "classify",
+                "--patches",
+                str(tmp_path / "patches"),
+                "--classes",
+                "a,b",
+                "--out",
+                str(tmp_path / "r2"),
+            ]
+        )
+    )
+    assert str(wrong) in line and "3 values but 2 classes" in line
+
+
+def test_weak_commands_have_help() -> None:
+    for args in (
+        ["weak", "--help"],
+        ["weak", "classify", "--help"],
+        ["weak", "cam", "--help"],
+        ["weak", "train", "--help"],
+        ["weak", "run", "--help"],
+        ["data", "patch-labels", "--help"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage" in result.output, args

@@ -113,3 +113,48 @@ def test_genselfdiff_loss_terms_are_available():
     combined = build_loss({"ss": 1.0, "focal": 1.0}, focal_gamma=2.0)(logits, target)
     expected = structural_loss(logits, target) + focal_loss(logits, target, gamma=2.0)
     assert combined.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def _layered_targets(seed: int, layers: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(4, 3, 6, 5, generator=g, requires_grad=True)
+    targets = torch.randint(0, 3, (4, layers, 6, 5), generator=g)
+    targets[torch.rand(targets.shape, generator=g) < 0.3] = 255  # scattered ignored pixels (glass)
+    return logits, targets
+
+
+def test_multi_layer_cross_entropy_is_the_weighted_sum_of_per_layer_ce():
+    from pathseg.losses import multi_layer_cross_entropy
+
+    logits, targets = _layered_targets(7)
+    weights = [0.6, 0.3, 0.1]
+    expected = sum(
+        w * F.cross_entropy(logits, targets[:, i], ignore_index=255) for i, w in enumerate(weights)
+    )
+    value = multi_layer_cross_entropy(logits, targets, weights)
+    torch.testing.assert_close(value, expected)
+    # Each layer's CE is a mean over its own labelled pixels, not over the pooled layers.
+    pooled = F.cross_entropy(
+        logits.repeat(3, 1, 1, 1), targets.transpose(0, 1).reshape(12, 6, 5), ignore_index=255
+    )
+    assert value.item() != pytest.approx(pooled.item(), rel=1e-3)
+    value.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_multi_layer_cross_entropy_all_ignored_layer_adds_nothing_and_faithful_divides_by_batch():
+    from pathseg.losses import multi_layer_cross_entropy
+
+    logits, targets = _layered_targets(8, layers=2)
+    targets[:, 1] = 255
+    value = multi_layer_cross_entropy(logits, targets, [0.7, 0.3])
+    assert torch.isfinite(value)
+    torch.testing.assert_close(value, 0.7 * F.cross_entropy(logits, targets[:, 0], ignore_index=255))
+    faithful = multi_layer_cross_entropy(logits, targets, [0.7, 0.3], faithful=True)
+    torch.testing.assert_close(faithful, value / 4)
+    faithful.backward()
+    assert torch.isfinite(logits.grad).all()
+    with pytest.raises(ValueError, match="one mask per weight"):
+        multi_layer_cross_entropy(logits, targets, [1.0, 0.5, 0.2])
+    with pytest.raises(ValueError, match="one mask per weight"):
+        multi_layer_cross_entropy(logits, targets[:, 0], [1.0])

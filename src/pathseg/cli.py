@@ -26,6 +26,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Create and check datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+weak_app = typer.Typer(
+    help="Weak supervision from patch labels (MLPS): classify -> cam -> train, or run for all three.",
+    no_args_is_help=True,
+)
+app.add_typer(weak_app, name="weak")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -413,6 +418,212 @@ def data_check(
     console.print(f"{folder}: {len(samples)} image/mask pairs, all readable and consistent")
 
 
+@data_app.command("patch-labels")
+def data_patch_labels(
+    folder: Annotated[Path, typer.Argument(help="Folder with images/ and a mask folder.")],
+    output: Annotated[Path, typer.Argument(help="Folder to write (images/, masks/, labels.csv).")],
+    classes: Annotated[
+        str, typer.Option(help='Class map of the masks, e.g. "tumour=0,stroma=1,normal=2".')
+    ] = "tumour=0,stroma=1,normal=2",
+    ignore: Annotated[
+        str | None, typer.Option(help='Mask values left out (e.g. "3" for WSSS4LUAD background).')
+    ] = None,
+    masks: Annotated[
+        str | None, typer.Option(help="Name of the mask folder beside images/ (default: masks).")
+    ] = None,
+    patch_size: Annotated[int, typer.Option(help="Patch side in pixels.")] = 224,
+    stride: Annotated[int | None, typer.Option(help="Step between patches (default: patch size).")] = None,
+    min_fraction: Annotated[
+        float, typer.Option(help="A class is in a patch's label if it covers more than this share.")
+    ] = 0.05,
+    min_labelled: Annotated[
+        float, typer.Option(help="Skip patches whose labelled pixels are below this share.")
+    ] = 0.5,
+    style: Annotated[str, typer.Option(help="Label style in names: comma, space or compact.")] = "comma",
+) -> None:
+    """Cut image + mask pairs into patches labelled by the classes they contain (weak-supervision data)."""
+    from pathseg.data.classes import ClassMap
+    from pathseg.data.folders import discover_dataset, pair_images_and_masks
+    from pathseg.data.patch_labels import make_patch_label_set
+
+    ignore_values = [int(v) for v in ignore.split(",")] if ignore else []
+    class_map = ClassMap.from_config(parse_classes(classes), ignore_values=ignore_values)
+    if masks is not None:
+        samples = pair_images_and_masks(folder / "images", folder / masks)
+    else:
+        samples = discover_dataset(folder)
+    counts = make_patch_label_set(
+        samples, class_map, output, patch_size, stride, min_fraction, min_labelled, style
+    )
+    console.print(
+        f"wrote {counts['patches']} patches from {counts['images']} images to {output} "
+        f"(skipped {counts['skipped']}); patches per class: {counts['patches_per_class']}"
+    )
+
+
+# --------------------------------------------------------------------------------------- weak
+
+
+PatchesOption = Annotated[
+    Path | None, typer.Option("--patches", help="Patch folder; labels in file names or --labels-csv.")
+]
+LabelsCsvOption = Annotated[Path | None, typer.Option("--labels-csv", help="CSV of patch labels.")]
+NamesOption = Annotated[
+    str | None, typer.Option("--classes", help='Class names in label order, e.g. "tumour,stroma,normal".')
+]
+PixelValOption = Annotated[Path | None, typer.Option("--val", help="Pixel-labelled validation folder.")]
+PixelTestOption = Annotated[Path | None, typer.Option("--test", help="Pixel-labelled test folder.")]
+IgnoreOption = Annotated[
+    str | None, typer.Option("--ignore", help='Mask values left out of metrics, e.g. "3".')
+]
+MaskFolderOption = Annotated[
+    str | None,
+    typer.Option("--mask-folder", help="Masks folder beside images/ in --val/--test (default: masks)."),
+]
+
+
+def _weak_pairs(
+    patches, labels_csv, classes, val, test, ignore, mask_folder, seed, output, overrides
+) -> list[str]:
+    pairs = _option_pairs(
+        [
+            ("data.mask_folder", mask_folder),
+            ("data.patches", patches),
+            ("data.labels_csv", labels_csv),
+            ("data.val", val),
+            ("data.test", test),
+            ("classifier.train.seed", seed),
+            ("segmenter.train.seed", seed),
+            ("output", output),
+        ]
+    )
+    if classes is not None:
+        pairs.append(f"data.classes={json.dumps([c.strip() for c in classes.split(',') if c.strip()])}")
+    if ignore is not None:
+        pairs.append(f"data.ignore_values={json.dumps([int(v) for v in ignore.split(',')])}")
+    return pairs + list(overrides or [])
+
+
+def _new_weak_config(config: Path | None, pairs: list[str]):
+    from pathseg.config import resolve_config
+    from pathseg.methods import weak
+
+    cfg = resolve_config(weak.WeakConfig, config, pairs)
+    weak.check_config(cfg)
+    if (Path(cfg.output) / "config.yaml").exists():
+        raise ConfigError(
+            f"{cfg.output}: a weak-supervision run already exists here; use --resume to continue it "
+            "or choose another --out"
+        )
+    return cfg
+
+
+def _saved_weak_config(output: Path | None, pairs: list[str]):
+    """The run's saved config; ``--set`` overrides apply on top (e.g. cam.layers before `weak cam`)."""
+    from pathseg.config import resolve_config
+    from pathseg.methods import weak
+
+    if output is None:
+        raise ConfigError("give the run folder with --out (where `pathseg weak classify` wrote config.yaml)")
+    saved = output / "config.yaml"
+    if not saved.exists():
+        raise ConfigError(
+            f"{output}: no config.yaml; start with `pathseg weak classify` or `pathseg weak run`"
+        )
+    cfg = resolve_config(weak.WeakConfig, saved, pairs)
+    weak.check_config(cfg)
+    return cfg
+
+
+@weak_app.command("classify")
+def weak_classify(
+    config: ConfigOption = None,
+    patches: PatchesOption = None,
+    labels_csv: LabelsCsvOption = None,
+    classes: NamesOption = None,
+    val: PixelValOption = None,
+    test: PixelTestOption = None,
+    ignore: IgnoreOption = None,
+    mask_folder: MaskFolderOption = None,
+    steps: StepsOption = None,
+    seed: SeedOption = None,
+    output: OutOption = None,
+    overrides: SetOption = None,
+    resume: ResumeOption = False,
+) -> None:
+    """Stage 1: train the multi-label patch classifier (with Progressive Dropout Attention)."""
+    from pathseg.config import to_plain
+    from pathseg.engine import write_run_info
+    from pathseg.methods import weak
+
+    pairs = _weak_pairs(patches, labels_csv, classes, val, test, ignore, mask_folder, seed, output, overrides)
+    pairs += _option_pairs([("classifier.train.steps", steps)])
+    cfg = _saved_weak_config(output, pairs) if resume else _new_weak_config(config, pairs)
+    write_run_info(Path(cfg.output), to_plain(cfg))
+    console.print(f"run folder: [bold]{cfg.output}[/]")
+    outcome = weak.train_classifier(cfg, resume=resume)
+    console.print(f"classifier: {outcome['run_dir']} (best {outcome['best']})")
+
+
+@weak_app.command("cam")
+def weak_cam(output: OutOption = None, overrides: SetOption = None) -> None:
+    """Stage 2: Grad-CAMs of the configured layers -> one pseudo mask per layer and patch (resumable)."""
+    from pathseg.methods import weak
+
+    cfg = _saved_weak_config(output, list(overrides or []))
+    summary = weak.generate_pseudo_masks(cfg)
+    console.print(f"pseudo masks: {summary['patches']} patches x {len(summary['layers'])} layers")
+    for layer, scores in summary.get("quality", {}).items():
+        _print_metrics(scores, f"pseudo masks of {layer} vs pixel truth")
+
+
+@weak_app.command("train")
+def weak_train(
+    steps: StepsOption = None,
+    output: OutOption = None,
+    overrides: SetOption = None,
+    resume: ResumeOption = False,
+) -> None:
+    """Stage 3: train the segmenter on every layer's pseudo masks; evaluate it (gated) on --test."""
+    from pathseg.methods import weak
+
+    cfg = _saved_weak_config(
+        output, _option_pairs([("segmenter.train.steps", steps)]) + list(overrides or [])
+    )
+    outcome = weak.train_segmenter(cfg, resume=resume)
+    for name in ("test", "test_ungated"):
+        if name in outcome:
+            _print_metrics(outcome[name], f"segmenter on test ({name})")
+
+
+@weak_app.command("run")
+def weak_run(
+    config: ConfigOption = None,
+    patches: PatchesOption = None,
+    labels_csv: LabelsCsvOption = None,
+    classes: NamesOption = None,
+    val: PixelValOption = None,
+    test: PixelTestOption = None,
+    ignore: IgnoreOption = None,
+    mask_folder: MaskFolderOption = None,
+    seed: SeedOption = None,
+    output: OutOption = None,
+    overrides: SetOption = None,
+    resume: ResumeOption = False,
+) -> None:
+    """All three stages; with --resume, finished stages are skipped and the running one continues."""
+    from pathseg.methods import weak
+
+    pairs = _weak_pairs(patches, labels_csv, classes, val, test, ignore, mask_folder, seed, output, overrides)
+    cfg = _saved_weak_config(output, pairs) if resume else _new_weak_config(config, pairs)
+    console.print(f"run folder: [bold]{cfg.output}[/]")
+    outcome = weak.run_all(cfg, resume=resume)
+    segmenter = outcome.get("segmenter", {})
+    for name in ("test", "test_ungated"):
+        if name in segmenter:
+            _print_metrics(segmenter[name], f"segmenter on test ({name})")
+
+
 # --------------------------------------------------------------------------------------- demo
 
 
@@ -573,7 +784,10 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
         "object_dice",
         "hd95",
         "object_hausdorff",
+        "miou",
+        "fwiou",
     ]
+    keys += sorted(k for k in metrics if k.startswith("iou/"))
     shown = [k for k in keys if k in metrics]
     if not shown:
         return

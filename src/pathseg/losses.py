@@ -57,6 +57,30 @@ def focal_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, gamma: f
     return (-((1 - log_p_true.exp()) ** gamma) * log_p_true).mean()
 
 
+def multi_layer_cross_entropy(
+    logits: Tensor,
+    targets: Tensor,
+    weights: list[float] | tuple[float, ...],
+    ignore_index: int = 255,
+    faithful: bool = False,
+) -> Tensor:
+    """Multi-layer pseudo-supervision (MLPS): ``sum_l w_l * CE(logits, targets[:, l])``.
+
+    ``targets`` is ``(B, L, H, W)``: one pseudo mask per CAM layer, ignored pixels (e.g. glass)
+    equal to ``ignore_index``. Each CE is the mean over that mask's labelled pixels. The MLPS code
+    divides each pixel-mean CE by the batch size once more; ``faithful=True`` reproduces that
+    (it only rescales the loss, i.e. the learning rate, by ``1 / B``).
+    """
+    if targets.ndim != 4 or targets.shape[1] != len(weights):
+        raise ValueError(
+            f"targets must be (B, {len(weights)}, H, W) (one mask per weight), got {tuple(targets.shape)}"
+        )
+    total = logits.new_zeros((), dtype=torch.float32)
+    for layer, weight in enumerate(weights):
+        total = total + weight * cross_entropy(logits, targets[:, layer], ignore_index)
+    return total / logits.shape[0] if faithful else total
+
+
 def _masked_zscore(values: Tensor, valid: Tensor, smooth: float) -> Tensor:
     """``(v - mean + smooth) / (std + smooth)`` per image and channel over the valid pixels (unbiased std)."""
     count = valid.sum(dim=(2, 3), keepdim=True).clamp(min=2)

@@ -178,3 +178,69 @@ def test_channels_last_trains_the_same_weights(tmp_path):
     a, b = weights(plain), weights(nhwc)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_sgd_optimizer_uses_the_configured_momentum(tmp_path):
+    from pathseg.engine.trainer import make_optimizer
+
+    model = toy_model()
+    sgd = make_optimizer(model, config(optimizer="sgd", momentum=0.7, weight_decay=5e-4))
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.param_groups[0]["momentum"] == 0.7 and sgd.param_groups[0]["weight_decay"] == 5e-4
+    assert isinstance(make_optimizer(model, config()), torch.optim.AdamW)
+    with pytest.raises(PathsegError, match=r"train\.optimizer must be 'adamw' or 'sgd'"):
+        config(optimizer="adam")
+    # fit() trains with it: the checkpoint holds SGD's state (momentum buffers, no Adam moments).
+    fit(
+        toy_model(),
+        ToyDataset(),
+        toy_loss,
+        tmp_path,
+        config(steps=4, optimizer="sgd", momentum=0.7),
+        show_progress=False,
+    )
+    state = torch.load(tmp_path / "checkpoints" / "step_0000004" / "training_state.pt", weights_only=False)
+    group = state["optimizer"]["param_groups"][0]
+    assert group["momentum"] == 0.7 and "betas" not in group
+    assert all("momentum_buffer" in s and "exp_avg" not in s for s in state["optimizer"]["state"].values())
+
+
+def test_poly_schedule_follows_one_minus_progress_to_the_0_9(tmp_path):
+    from pathseg.engine.trainer import lr_lambda
+
+    cfg = config(steps=12, warmup_steps=2, schedule="poly", lr=0.1, log_every=1, eval_every=100)
+    factor = lr_lambda(cfg)
+    assert [factor(s) for s in (0, 1)] == [0.5, 1.0]  # linear warm-up
+    for step in range(2, 13):
+        assert factor(step) == pytest.approx((1 - (step - 2) / 10) ** 0.9)
+    assert factor(12) == 0.0 and factor(7) == pytest.approx(0.5**0.9)
+    # The logged learning rate after step s is lr * factor(s).
+    fit(toy_model(), ToyDataset(), toy_loss, tmp_path, cfg, show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r["lr"] for r in records if r["split"] == "train"}
+    assert sorted(logged) == list(range(1, 13))
+    for step, lr in logged.items():
+        assert lr == pytest.approx(0.1 * factor(step), abs=1e-12)
+
+
+def test_loss_fn_sees_the_step_number_in_order(tmp_path):
+    seen = []
+
+    def recording_loss(model, batch):
+        seen.append(batch["step"])
+        return toy_loss(model, batch)
+
+    fit(toy_model(), ToyDataset(), recording_loss, tmp_path / "a", config(steps=6), show_progress=False)
+    assert seen == [1, 2, 3, 4, 5, 6]
+    # A resumed run goes on counting from its checkpoint.
+    seen.clear()
+    fit(
+        toy_model(),
+        ToyDataset(),
+        recording_loss,
+        tmp_path / "a",
+        config(steps=10),
+        resume=True,
+        show_progress=False,
+    )
+    assert seen == [7, 8, 9, 10]

@@ -39,6 +39,7 @@ TINY: dict[str, dict[str, Any]] = {
     "resunet": {"decoder_channels": (16, 16, 8, 8, 8)},
     "resunet_resnet18": {"decoder_channels": (16, 16, 8, 8, 8)},
     "resunet_resnet34": {"decoder_channels": (16, 16, 8, 8, 8)},
+    "cam_resnet50": {"output_stride": 16},
 }
 
 
@@ -58,6 +59,11 @@ def _built(name: str) -> nn.Module:
     return create_model(name, in_channels=3, num_classes=NUM_CLASSES, **TINY.get(name, {}))
 
 
+def _image_level(model: nn.Module) -> bool:
+    """Classifiers (one logit per class and image) declare ``output_kind = "image"``."""
+    return getattr(model, "output_kind", "dense") == "image"
+
+
 def _batch(batch: int = 2, size: int = SIZE) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
 
@@ -68,14 +74,19 @@ class TestEveryModel:
         model = _built(name).eval()
         with torch.no_grad():
             out = model(_batch())
-        assert out.shape == (2, NUM_CLASSES, SIZE, SIZE)
+        expected = (2, NUM_CLASSES) if _image_level(model) else (2, NUM_CLASSES, SIZE, SIZE)
+        assert out.shape == expected
         assert torch.isfinite(out).all()
 
     def test_backward_gives_finite_grads(self, name: str) -> None:
         model = _built(name).train()
         model.zero_grad(set_to_none=True)
-        target = torch.randint(0, NUM_CLASSES, (2, SIZE, SIZE))
-        nn.functional.cross_entropy(model(_batch()), target).backward()
+        if _image_level(model):
+            labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+            nn.functional.binary_cross_entropy_with_logits(model(_batch()), labels).backward()
+        else:
+            target = torch.randint(0, NUM_CLASSES, (2, SIZE, SIZE))
+            nn.functional.cross_entropy(model(_batch()), target).backward()
         for pname, p in model.named_parameters():
             assert p.grad is not None, f"{pname} got no gradient"
             assert torch.isfinite(p.grad).all(), f"{pname} has non-finite gradient"

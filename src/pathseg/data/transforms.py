@@ -135,8 +135,8 @@ def _pad_to(
         return image, mask
     pads = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
     image = np.pad(image, (*pads, (0, 0)), mode="reflect" if min(image.shape[:2]) > 1 else "edge")
-    if mask is not None:
-        mask = np.pad(mask, pads, mode="constant", constant_values=ignore_index)
+    if mask is not None:  # (H, W) or (H, W, L) stacked label maps
+        mask = np.pad(mask, pads + ((0, 0),) * (mask.ndim - 2), mode="constant", constant_values=ignore_index)
     return image, mask
 
 

@@ -51,9 +51,11 @@ class TrainerConfig:
     Args:
         steps: total optimizer steps (a resumed run finishes at the same step).
         batch_size: samples per step on each process.
-        lr, weight_decay: AdamW settings.
+        optimizer: ``"adamw"`` or ``"sgd"`` (with ``momentum``; the DeepLab/WSSS recipes).
+        lr, weight_decay, momentum: optimizer settings (``momentum`` is used by SGD only).
         warmup_steps: linear warm-up from 0 to ``lr``.
-        schedule: ``"cosine"`` decays to ``lr * min_lr_ratio`` at ``steps``; ``"constant"`` keeps ``lr``.
+        schedule: ``"cosine"`` decays to ``lr * min_lr_ratio`` at ``steps``; ``"poly"`` multiplies
+            ``lr`` by ``(1 - progress) ** 0.9`` (DeepLab); ``"constant"`` keeps ``lr``.
         grad_clip: max global gradient norm (0 disables clipping).
         ema_decay: EMA of the weights used for validation and the final model (0 disables).
         precision: ``"bf16"`` autocast (CPU and GPU) or ``"fp32"``.
@@ -74,10 +76,12 @@ class TrainerConfig:
 
     steps: int = 1000
     batch_size: int = 8
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    momentum: float = 0.9
     warmup_steps: int = 50
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
     min_lr_ratio: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.0
@@ -99,8 +103,10 @@ class TrainerConfig:
             raise ConfigError(
                 f"train.steps and train.batch_size must be positive (got {self.steps}, {self.batch_size})"
             )
-        if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"train.schedule must be 'cosine' or 'constant', not {self.schedule!r}")
+        if self.schedule not in ("cosine", "poly", "constant"):
+            raise ConfigError(f"train.schedule must be 'cosine', 'poly' or 'constant', not {self.schedule!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"train.optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
         if self.precision not in ("bf16", "fp32"):
             raise ConfigError(f"train.precision must be 'bf16' or 'fp32', not {self.precision!r}")
 
@@ -129,9 +135,19 @@ def lr_lambda(config: TrainerConfig) -> Callable[[int], float]:
         if config.schedule == "constant":
             return 1.0
         progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+        if config.schedule == "poly":
+            return (1.0 - progress) ** 0.9
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def make_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _move(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
@@ -167,7 +183,8 @@ def fit(
     Args:
         model: the network, already initialised (identically on every rank).
         train_dataset: indexed by ``(index, augmentation_seed)`` pairs (see ``StepSampler``).
-        loss_fn: ``(model, batch) -> (loss, logs)``; runs under autocast.
+        loss_fn: ``(model, batch) -> (loss, logs)``; runs under autocast. ``batch["step"]`` holds the
+            current step (1-based), for losses that follow a schedule.
         evaluate_fn: ``(model, step) -> metrics``; called on rank 0 with the EMA model when EMA is on.
         resume: continue from ``run_dir/checkpoints/last.json`` with optimizer, EMA, schedule, RNG
             and step restored.
@@ -180,7 +197,7 @@ def fit(
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     start_step, best = 0, None
@@ -243,6 +260,7 @@ def fit(
     model.train()
     for step in range(start_step + 1, config.steps + 1):
         batch = _move(next(batches), device, config.channels_last)
+        batch["step"] = step
         with autocast:
             loss, logs = loss_fn(train_model, batch)
         if not torch.isfinite(loss):

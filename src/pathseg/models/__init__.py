@@ -13,10 +13,12 @@ from pathseg.models.registry import MODELS, create_model, list_models, model_arg
 from pathseg.models.unet import UNet  # isort: skip
 from pathseg.models.deeplab import DeepLabV3Plus, ResNetEncoder  # isort: skip
 from pathseg.models.resunet import ResUNet  # isort: skip
+from pathseg.models.classifier import CAMClassifier  # isort: skip
 from pathseg.models.weights import load_weights, model_from_file, read_config, save_weights  # isort: skip
 
 __all__ = [
     "MODELS",
+    "CAMClassifier",
     "DeepLabV3Plus",
     "ResNetEncoder",
     "ResUNet",
