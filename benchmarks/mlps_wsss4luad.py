@@ -123,7 +123,7 @@ def run_weak(settings: dict, patches: Path, eval_dir: Path, work: Path, seed: in
         f"data.test={eval_dir}",
         f"data.ignore_values=[{BACKGROUND}]",
         "data.white_background=true",
-        "data.val_fraction=0.1",
+        "data.val_fraction=0",  # as the supervised arm: no model selection, the last step counts
         f"classifier.model={json.dumps(settings['classifier'])}",
         f"classifier.train.steps={settings['classifier_steps']}",
         f"classifier.train.batch_size={settings['batch']}",

@@ -408,3 +408,17 @@ def test_real_wsss4luad_patches_of_mixed_sizes(tmp_path: Path) -> None:
         assert set(np.unique(mask).tolist()) <= {i for i, v in enumerate(sample.labels) if v}
     outcome = weak.train_segmenter(config, show_progress=False)
     assert outcome["best"] is None and (tmp_path / "run" / "segmenter" / "model.safetensors").exists()
+
+
+def test_faithful_mode_trains_the_classifier_with_momentum_5e4(tmp_path: Path) -> None:
+    """MLPS's SGD(params, lr, weight_decay) put 5e-4 into momentum; faithful=true reproduces it."""
+    patches, test = tissue_data(tmp_path)
+    config = tiny_config(patches, test, tmp_path / "run", ["faithful=true", "data.val_fraction=0"])
+    weak.train_classifier(config, show_progress=False)
+    [state_file] = (tmp_path / "run" / "classifier" / "checkpoints").glob("step_*/training_state.pt")
+    group = torch.load(state_file, weights_only=False)["optimizer"]["param_groups"][0]
+    assert group["momentum"] == 5e-4 and "nesterov" in group  # SGD, not AdamW
+    plain = tiny_config(patches, test, tmp_path / "plain", ["data.val_fraction=0"])
+    weak.train_classifier(plain, show_progress=False)
+    [state_file] = (tmp_path / "plain" / "classifier" / "checkpoints").glob("step_*/training_state.pt")
+    assert "betas" in torch.load(state_file, weights_only=False)["optimizer"]["param_groups"][0]  # AdamW

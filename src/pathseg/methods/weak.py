@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from pathseg.config import EvalSection, ModelSection, Strict, to_plain
 from pathseg.data.classes import ClassMap
 from pathseg.data.folders import Sample, check_samples, discover_dataset, pair_images_and_masks
-from pathseg.data.io import image_size, read_image, read_label_image, write_image, write_mask
+from pathseg.data.io import image_size, read_image, read_label_image, write_mask
 from pathseg.data.patch_labels import (
     PatchLabelDataset,
     PatchSample,
@@ -60,7 +60,6 @@ from pathseg.inference.evaluate import WindowSettings, evaluate_samples
 from pathseg.losses import multi_layer_cross_entropy
 from pathseg.metrics import confusion_matrix, scores_from_confusion
 from pathseg.models import create_model, load_weights, model_from_file
-from pathseg.report.figures import image_grid
 
 # Finite stand-in for -inf: no real logit comes near it, and sliding-window blending of tiles
 # that gate different classes stays finite (an all -inf pixel would give NaN probabilities).
@@ -553,19 +552,26 @@ def _colour_mask(mask: np.ndarray, palette: list[tuple[int, int, int]]) -> np.nd
 def cam_figure(
     config: WeakConfig, classifier: nn.Module, samples: Sequence[PatchSample], out: Path
 ) -> Path | None:
-    """Rows of patch | CAM per layer (max over the patch's classes) | pseudo mask per layer | truth."""
+    """Rows of patch | CAM per layer (max over the patch's classes) | pseudo mask per layer | truth,
+    with column titles and a colour key (glass / ignored pixels white)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
     if not samples:
         return None
     device = next(classifier.parameters()).device
-    palette = label_palette(patch_class_map(config))
+    class_map = patch_class_map(config)
+    palette = label_palette(class_map)
     dirs = stage_dirs(config)
     truth_dir = Path(config.data.patches) / "masks"
-    tiles = []
-    size = read_image(samples[0].image).shape[:2]
+    titles = ["patch", *[f"CAM {layer}" for layer in config.cam.layers]]
+    titles += [f"pseudo mask {layer}" for layer in config.cam.layers]
+    rows = []
     for sample in samples:
         image = read_image(sample.image)
-        if image.shape[:2] != size:
-            continue
         cams, _ = grad_cams(classifier, to_tensor(image)[None].to(device), config.cam.layers)
         row = [image]
         present = torch.tensor([bool(v) for v in sample.labels])
@@ -580,10 +586,28 @@ def cam_figure(
         truth = truth_dir / f"{sample.stem}.png"
         if truth.exists():
             row.append(_colour_mask(read_label_image(truth), palette))
-        tiles.extend(row)
-        columns = len(row)
+        rows.append(row)
+    columns = max(len(row) for row in rows)
+    if columns > len(titles):
+        titles.append("pixel truth")
+    fig, axes = plt.subplots(
+        len(rows), columns, figsize=(1.6 * columns, 1.6 * len(rows) + 0.6), squeeze=False
+    )
+    for r, row in enumerate(rows):
+        for c in range(columns):
+            axis = axes[r][c]
+            axis.axis("off")
+            if c < len(row):
+                axis.imshow(row[c])
+            if r == 0:
+                axis.set_title(titles[c], fontsize=7)
+    key = [Patch(color=[v / 255 for v in palette[i]], label=name) for i, name in enumerate(class_map.names)]
+    key.append(Patch(facecolor="white", edgecolor="grey", label="ignored / glass"))
+    fig.legend(handles=key, loc="lower center", ncol=len(key), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_image(out, image_grid(tiles, columns, 4))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
     return out
 
 
