@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 from pathseg.engine import environment_info
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run_paths(benchmark: str, out: Path | None, work: Path | None) -> tuple[str, Path, Path]:
+    """Result name (``<benchmark>_gpu`` on a GPU, so CPU and GPU files coexist), result file and
+    the folder for run outputs (a fresh temporary one unless ``work`` is given)."""
+    name = f"{benchmark}_gpu" if torch.cuda.is_available() else benchmark
+    work = work or Path(tempfile.mkdtemp(prefix=f"{benchmark}_"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"run folders in {work}", flush=True)
+    return name, out or RESULTS / f"{name}.json", work
 
 
 def write_results(out: Path, benchmark: str, reduced: bool, notes: str, records: list[dict]) -> None:

@@ -32,14 +32,13 @@ import json
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_results
+from _results import run_paths, write_results
 from fp32_reference import images_per_second
 from pathseg.config import SupervisedConfig, resolve_config
 from pathseg.data.io import read_image, write_image
@@ -333,12 +332,7 @@ def main() -> None:
     args.finetune_steps = args.finetune_steps or settings["finetune_steps"]
     if args.threads:
         torch.set_num_threads(args.threads)
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    name = "genselfdiff_glas_gpu" if gpu else "genselfdiff_glas"
-    out = args.out or REPO / "benchmarks" / "results" / f"{name}.json"
-    work = args.work or Path(tempfile.mkdtemp(prefix="genselfdiff_bench_"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"run folders in {work}", flush=True)
+    name, out, work = run_paths("genselfdiff_glas", args.out, args.work)
 
     records = speed_ratio(settings, args.data, work)
     pretrain_dir, record = pretrain_run(

@@ -31,14 +31,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_results
+from _results import run_paths, write_results
 from pathseg.config import SupervisedConfig, resolve_config
 from pathseg.data.classes import ClassMap
 from pathseg.data.folders import discover_dataset
@@ -164,9 +163,7 @@ def run_full(settings: dict, train_dir: Path, eval_dir: Path, work: Path, seed: 
     config = resolve_config(SupervisedConfig, None, overrides)
     started = time.perf_counter()
     outcome = supervised.train(config, show_progress=False)
-    summary = outcome["test"]
-    keys = ["global_miou", "global_fwiou", "global_pixel_accuracy", *[f"global_iou/{c}" for c in CLASSES]]
-    return {key.removeprefix("global_"): summary[key] for key in keys}, time.perf_counter() - started
+    return weak.pooled_pixel_scores(outcome["test"], CLASSES), time.perf_counter() - started
 
 
 def record(method: str, split: str, metrics: dict, steps: int | None, wall: float | None, seed: int, **extra):
@@ -218,12 +215,7 @@ def main() -> None:
     settings = SCALES[args.scale]
     if args.threads:
         torch.set_num_threads(args.threads)
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    name = "mlps_wsss4luad_gpu" if gpu else "mlps_wsss4luad"
-    out = args.out or REPO / "benchmarks" / "results" / f"{name}.json"
-    work = args.work or Path(tempfile.mkdtemp(prefix="mlps_bench_"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"run folders in {work}", flush=True)
+    name, out, work = run_paths("mlps_wsss4luad", args.out, args.work)
 
     train_dir, eval_dir, patches, counts = prepare(args.data, work, settings)
     records = []

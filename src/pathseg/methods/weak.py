@@ -340,17 +340,14 @@ def train_classifier(config: WeakConfig, resume: bool = False, show_progress: bo
         loss = F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])
         return loss, {"pda_gamma": gamma or 0.0}
 
-    val_groups = _batches_by_size(val, 32)  # patch sets may mix sizes; validate on whole patches
+    # Decoded once; patch sets may mix sizes, so whole patches are batched by size.
+    val_groups = _batches_by_size(val, 32)
+    val_batches = [torch.stack([to_tensor(read_image(s.image)) for s in group]) for group in val_groups]
     val_labels = torch.tensor([s.labels for group in val_groups for s in group], dtype=torch.float32)
 
     def evaluate_fn(net: nn.Module, step: int) -> dict[str, float]:
         device = next(net.parameters()).device
-        logits = torch.cat(
-            [
-                net(torch.stack([to_tensor(read_image(s.image)) for s in group]).to(device)).float().cpu()
-                for group in val_groups
-            ]
-        )
+        logits = torch.cat([net(batch.to(device)).float().cpu() for batch in val_batches])
         loss = F.binary_cross_entropy_with_logits(logits, val_labels).item()
         return {"loss": loss, **classification_scores(logits.sigmoid(), val_labels)}
 
@@ -391,6 +388,12 @@ def white_background(image: np.ndarray, threshold: int = 200, min_size: int = 50
     return keep[labels]
 
 
+def joint_minmax(maps: Tensor) -> Tensor:
+    """Scale all class maps ``(C, H, W)`` to [0, 1] with one min and max over every channel."""
+    low, high = maps.min(), maps.max()
+    return (maps - low) / (high - low) if high > low else torch.zeros_like(maps)
+
+
 def pseudo_mask(
     cams: Tensor | np.ndarray,
     labels: Sequence[int],
@@ -410,8 +413,7 @@ def pseudo_mask(
     present = torch.tensor([bool(v) for v in labels])
     if not present.any():
         raise ValueError("a patch label with no class present cannot give a pseudo mask")
-    low, high = maps.min(), maps.max()
-    normalised = (maps - low) / (high - low) if high > low else torch.zeros_like(maps)
+    normalised = joint_minmax(maps)
     normalised[~present] = -1.0  # below every normalised value of a present class
     mask = normalised.argmax(dim=0).numpy().astype(np.uint8)
     if background is not None:
@@ -421,11 +423,18 @@ def pseudo_mask(
     return mask
 
 
+def _glass(config: WeakConfig, image: np.ndarray) -> np.ndarray | None:
+    """The white-background mask when ``data.white_background`` asks for it."""
+    if not config.data.white_background:
+        return None
+    return white_background(image, config.data.white_threshold, config.data.white_min_size)
+
+
 def _batches_by_size(samples: Sequence[PatchSample], batch_size: int) -> list[list[PatchSample]]:
     """Equal-size patches batched together (patch sets may mix sizes)."""
     groups: dict[tuple[int, ...], list[PatchSample]] = {}
     for sample in samples:
-        groups.setdefault(read_image(sample.image).shape, []).append(sample)
+        groups.setdefault(image_size(sample.image), []).append(sample)
     return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
 
@@ -463,11 +472,7 @@ def generate_pseudo_masks(config: WeakConfig, show_progress: bool = True) -> dic
         tensor = torch.stack([to_tensor(image) for image in images]).to(device)
         cams, _ = grad_cams(classifier, tensor, layers)
         for i, (sample, image) in enumerate(zip(batch, images, strict=True)):
-            background = (
-                white_background(image, config.data.white_threshold, config.data.white_min_size)
-                if config.data.white_background
-                else None
-            )
+            background = _glass(config, image)
             for layer, folder in zip(layers, folders, strict=True):
                 mask = pseudo_mask(cams[layer][i].cpu(), sample.labels, background, class_map.ignore_index)
                 write_mask(folder / f"{sample.stem}.png", mask, palette=palette)
@@ -576,9 +581,7 @@ def cam_figure(
         row = [image]
         present = torch.tensor([bool(v) for v in sample.labels])
         for layer in config.cam.layers:
-            maps = cams[layer][0].cpu()
-            low, high = maps.min(), maps.max()
-            maps = (maps - low) / (high - low) if high > low else torch.zeros_like(maps)
+            maps = joint_minmax(cams[layer][0].cpu())
             row.append(_heatmap(maps[present].amax(dim=0).numpy()))
         for layer in config.cam.layers:
             mask = read_label_image(dirs["pseudo_masks"] / _layer_folder(layer) / f"{sample.stem}.png")
@@ -632,11 +635,7 @@ def cam_masks_for_images(
         if not any(labels):
             labels[int(probabilities.argmax())] = True
         height, width = image.shape[:2]
-        background = (
-            white_background(image, config.data.white_threshold, config.data.white_min_size)
-            if config.data.white_background
-            else None
-        )
+        background = _glass(config, image)
         for layer in config.cam.layers:
             mask = pseudo_mask(
                 cams[layer][0, :, :height, :width].cpu(), labels, background, class_map.ignore_index
@@ -739,7 +738,7 @@ def train_segmenter(config: WeakConfig, resume: bool = False, show_progress: boo
     def loss_fn(net: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         return multi_layer_cross_entropy(net(batch["image"]), batch["masks"], weights, 255, faithful), {}
 
-    patch_size = config.data.crop_size or read_image(samples[0].image).shape[0]
+    patch_size = config.data.crop_size or image_size(samples[0].image)[0]
     window = WindowSettings(patch_size, config.eval.overlap, config.eval.blend, config.eval.sw_batch_size)
 
     def evaluate_fn(net: nn.Module, step: int) -> dict[str, float]:
@@ -760,6 +759,13 @@ def train_segmenter(config: WeakConfig, resume: bool = False, show_progress: boo
     if test and is_main_process():
         outcome.update(evaluate_weak(config, result.model.eval(), test, class_map, window))
     return outcome
+
+
+def pooled_pixel_scores(summary: dict[str, float], class_names: Sequence[str]) -> dict[str, float]:
+    """The set-pooled (``global_*``) mIoU, FwIoU, pixel accuracy and per-class IoU of an evaluator
+    summary, under the names :class:`PooledScores` uses."""
+    keys = ["global_miou", "global_fwiou", "global_pixel_accuracy", *[f"global_iou/{c}" for c in class_names]]
+    return {key.removeprefix("global_"): summary[key] for key in keys}
 
 
 def evaluate_weak(
@@ -787,10 +793,7 @@ def evaluate_weak(
             out_dir=root / name,
             max_overlays=config.eval.max_overlays,
         )
-        summary = evaluator.summary()
-        keys = ["global_miou", "global_fwiou", "global_pixel_accuracy"]
-        keys += [f"global_iou/{class_name}" for class_name in class_map.names]
-        results[name] = {key.removeprefix("global_"): summary[key] for key in keys}
+        results[name] = pooled_pixel_scores(evaluator.summary(), class_map.names)
     results["test_cams"] = cam_masks_for_images(config, classifier, test, class_map)
     results["gate"] = gate
     _write_json(root / "summary.json", results)
