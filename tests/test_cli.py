@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from pathseg.cli import app, parse_classes, parse_loss
+from pathseg.cli import app
+from pathseg.cli.common import parse_classes, parse_loss
 from pathseg.errors import ConfigError
 
 runner = CliRunner()
@@ -149,6 +150,7 @@ def _run_main(args: list[str]):
     import io
 
     from pathseg import cli
+    from pathseg.cli.common import err_console
 
     stderr, stdout = io.StringIO(), io.StringIO()
     old = sys.argv
@@ -156,14 +158,14 @@ def _run_main(args: list[str]):
     code = 0
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
-            cli.err_console.file = stderr
+            err_console.file = stderr
             try:
                 cli.main()
             except SystemExit as exit_:
                 code = exit_.code or 0
     finally:
         sys.argv = old
-        cli.err_console.file = sys.stderr
+        err_console.file = None  # back to following sys.stderr
 
     class Result:
         exit_code = code

@@ -50,6 +50,9 @@ class DataSection(Strict):
     groups_csv: Path | None = None
     label_fraction: float = 1.0
     val_fraction: float = 0.15
+    mpp: float | None = None
+    """Microns per pixel of the images as stored (e.g. 0.5 at 20x); recorded so slide inference
+    reads slides at the resolution the model was trained at (``mpp / scale``)."""
     scale: float = 1.0
     crop_size: int = 256
     augment: AugmentSection = Field(default_factory=AugmentSection)
@@ -68,6 +71,26 @@ class LossSection(Strict):
     terms: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0, "dice": 1.0})
     focal_gamma: float = 2.0
     class_weights: list[float] | None = None
+
+
+class InstanceSection(Strict):
+    """How predicted objects (glands, nuclei) are separated; see :mod:`pathseg.inference.instances`.
+
+    ``method: boundary`` trains on the boundary-aware target (background / interior / a band of
+    ``boundary_width`` pixels at the working resolution) and separates objects by marker-controlled
+    watershed; it needs a class map with one object class. ``components`` (default) keeps a plain
+    per-class target and takes connected components. ``min_area`` (native pixels) drops smaller
+    predicted objects from both maps.
+    """
+
+    method: Literal["components", "boundary"] = "components"
+    boundary_width: int = Field(default=3, ge=1)
+    boundary_weight: float = Field(default=1.0, gt=0)
+    """Cross-entropy weight of the boundary class relative to the other two."""
+    min_area: int = Field(default=0, ge=0)
+    marker_threshold: float = Field(default=0.5, gt=0, lt=1)
+    marker_min_area: int = Field(default=0, ge=0)
+    """Interior regions smaller than this (native pixels) seed no object of their own."""
 
 
 class EvalSection(Strict):
@@ -91,6 +114,7 @@ class SupervisedConfig(Strict):
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     loss: LossSection = Field(default_factory=LossSection)
+    instances: InstanceSection = Field(default_factory=InstanceSection)
     train: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalSection = Field(default_factory=EvalSection)
     output: Path = Path("runs/train")

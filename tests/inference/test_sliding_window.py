@@ -35,6 +35,7 @@ def test_tiles_and_blending_reproduce_the_whole_image(size):
 def test_segment_returns_native_resolution_when_model_works_at_half():
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)
-    labels = segment(PixelModel().eval(), image, WindowSettings(tile_size=64), scale=0.5)
+    labels, objects = segment(PixelModel().eval(), image, WindowSettings(tile_size=64), scale=0.5)
+    assert objects.shape == (90, 130)
     assert labels.shape == (90, 130)
     assert set(np.unique(labels)) <= {0, 1}

@@ -9,12 +9,13 @@ a dataset can be fixed before hours of training are spent on it.
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pathseg.data.classes import ClassMap
-from pathseg.data.io import IMAGE_EXTENSIONS, image_size, read_image, read_label_image
+from pathseg.data.io import IMAGE_EXTENSIONS, LossyMaskWarning, image_size, read_image, read_label_image
 from pathseg.errors import DataError
 
 __all__ = [
@@ -70,9 +71,19 @@ def find_images(folder: str | Path) -> list[Path]:
     Suffixes are matched case-insensitively against :data:`IMAGE_EXTENSIONS`.
 
     Raises:
-        DataError: the folder is missing, not a folder, or holds no image files.
+        DataError: the folder is missing, not a folder, or holds no image files (given a split
+            folder, e.g. ``data/test`` instead of ``data/test/images``, the message says so).
     """
-    return _list_files(folder, "images")
+    folder = Path(folder)
+    try:
+        return _list_files(folder, "images")
+    except DataError as err:
+        inner = _find_child(folder, _IMAGE_DIR_NAMES) if err.path == folder and folder.is_dir() else None
+        if inner is None:
+            raise
+        raise DataError(
+            folder, f"{err.problem}; the images seem to be in {inner}: give that folder"
+        ) from None
 
 
 def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
@@ -182,7 +193,14 @@ def _check_one(sample: Sample, class_map: ClassMap, full: bool) -> None:
         raise DataError(
             sample.mask, f"mask is {_wxh(mh, mw)} but image {sample.image.name} is {_wxh(height, width)}"
         )
-    class_map.encode(raw, sample.mask)
+    try:
+        class_map.encode(raw, sample.mask)
+    except DataError as err:
+        if sample.mask.suffix.lower() not in (".jpg", ".jpeg"):
+            raise
+        raise DataError(
+            err.path, f"{err.problem}; JPEG compression changes label values at edges: store masks as PNG"
+        ) from None
 
 
 def check_samples(samples: Sequence[Sample], class_map: ClassMap, *, full: bool = True) -> None:
@@ -193,17 +211,24 @@ def check_samples(samples: Sequence[Sample], class_map: ClassMap, *, full: bool 
     opened far enough to read their size (masks are still decoded: their values must be
     checked and they are cheap); truncated image data then go unnoticed until training.
 
-    All samples are checked; the first problem is raised, with the number of others.
+    All samples are checked; the first problem is raised, with the number of others. Warnings
+    met on the way (a JPEG mask's :class:`~pathseg.data.io.LossyMaskWarning`) are passed on when
+    every sample is fine, and dropped when the check fails: the error is then the one message.
 
     Raises:
         DataError: naming the first bad file.
     """
     errors: list[DataError] = []
-    for sample in samples:
-        try:
-            _check_one(sample, class_map, full)
-        except DataError as exc:
-            errors.append(exc)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for sample in samples:
+            try:
+                _check_one(sample, class_map, full)
+            except DataError as exc:
+                errors.append(exc)
+    for warning in caught:
+        if not (errors and issubclass(warning.category, LossyMaskWarning)):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if errors:
         first = errors[0]
         if len(errors) == 1:

@@ -49,7 +49,13 @@ class TrainerConfig:
     """Knobs of the loop itself (the method decides model, data and loss).
 
     Args:
-        steps: total optimizer steps (a resumed run finishes at the same step).
+        steps: total optimizer steps (a resumed run finishes at the same step); with
+            ``budget_minutes`` an upper bound.
+        budget_minutes: wall-clock budget for the optimizer steps themselves (data, forward,
+            backward, update; evaluation and checkpoint writing are not counted). The LR schedule
+            then follows the spent share of the budget instead of the step count, and the run ends
+            at the first step that spends it; a resumed run keeps only the remaining budget. This is
+            how two recipes are compared at equal cost: each gets the same minutes, not the same steps.
         batch_size: samples per step on each process.
         optimizer: ``"adamw"`` or ``"sgd"`` (with ``momentum``; the DeepLab/WSSS recipes).
         lr, weight_decay, momentum: optimizer settings (``momentum`` is used by SGD only).
@@ -75,6 +81,7 @@ class TrainerConfig:
     __pydantic_config__: ClassVar[dict] = {"extra": "forbid"}
 
     steps: int = 1000
+    budget_minutes: float | None = None
     batch_size: int = 8
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
@@ -103,6 +110,8 @@ class TrainerConfig:
             raise ConfigError(
                 f"train.steps and train.batch_size must be positive (got {self.steps}, {self.batch_size})"
             )
+        if self.budget_minutes is not None and not self.budget_minutes > 0:
+            raise ConfigError(f"train.budget_minutes must be positive (got {self.budget_minutes})")
         if self.schedule not in ("cosine", "poly", "constant"):
             raise ConfigError(f"train.schedule must be 'cosine', 'poly' or 'constant', not {self.schedule!r}")
         if self.optimizer not in ("adamw", "sgd"):
@@ -118,6 +127,8 @@ class FitResult:
     best: dict[str, Any] | None
     model: nn.Module
     """The weights to use for inference: EMA (when on) from the best checkpoint, else the last."""
+    train_seconds: float = 0.0
+    """Wall time spent in training steps over the whole run (resumes included)."""
 
 
 def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
@@ -128,13 +139,38 @@ def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
     return torch.device(name)
 
 
-def lr_lambda(config: TrainerConfig) -> Callable[[int], float]:
+class TrainingClock:
+    """Seconds spent in training steps, and the share of the run done (by time or by steps)."""
+
+    def __init__(self, config: TrainerConfig, spent_s: float = 0.0) -> None:
+        self.budget_s = config.budget_minutes * 60 if config.budget_minutes else None
+        self.spent_s = spent_s
+
+    @property
+    def exhausted(self) -> bool:
+        return self.budget_s is not None and self.spent_s >= self.budget_s
+
+    def time_progress(self) -> float | None:
+        return None if self.budget_s is None else min(1.0, self.spent_s / self.budget_s)
+
+
+def lr_lambda(config: TrainerConfig, clock: TrainingClock | None = None) -> Callable[[int], float]:
+    """LR factor after ``step`` steps: linear warm-up (in steps), then the decay over the run.
+
+    With a time budget (``clock``), the decay follows the spent share of the budget, so the schedule
+    ends when the budget does whatever the step time is.
+    """
+
     def factor(step: int) -> float:
         if config.warmup_steps and step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
         if config.schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+        by_time = clock.time_progress() if clock is not None else None
+        if by_time is not None:
+            progress = by_time
+        else:
+            progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
         if config.schedule == "poly":
             return (1.0 - progress) ** 0.9
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -198,7 +234,8 @@ def fit(
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    clock = TrainingClock(config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, clock))
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     start_step, best = 0, None
 
@@ -214,11 +251,17 @@ def fit(
             ema.model.load_state_dict(ckpt.load_file(str(folder / "ema.safetensors")))
         ckpt.restore_rng_state(state["rng"])
         start_step, best = state["step"], state.get("best")
+        clock.spent_s = float(state.get("train_seconds", 0.0))
         if dist_info.is_main:
             _truncate_log(run_dir / "metrics.jsonl", start_step)
         if start_step >= config.steps:
             raise PathsegError(
                 f"{run_dir}: already at step {start_step} of {config.steps}; raise train.steps to go on"
+            )
+        if clock.exhausted:
+            raise PathsegError(
+                f"{run_dir}: the training budget of {config.budget_minutes} min is spent "
+                f"({clock.spent_s / 60:.1f} min); raise train.budget_minutes to go on"
             )
     train_model: nn.Module = model
     if dist_info.enabled:
@@ -252,13 +295,19 @@ def fit(
     log_file = run_dir / "metrics.jsonl"
     writer = _tensorboard(run_dir) if dist_info.is_main else None
     progress = StepProgress(
-        config.steps, start_step, run_dir.name, enabled=show_progress and dist_info.is_main
+        config.steps,
+        start_step,
+        run_dir.name,
+        enabled=show_progress and dist_info.is_main,
+        budget_s=clock.budget_s,
+        spent_s=clock.spent_s,
     )
     batches = iter(loader)
-    window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
+    window_loss, window_count, window_start = 0.0, 0, clock.spent_s
 
     model.train()
     for step in range(start_step + 1, config.steps + 1):
+        step_started = _now()
         batch = _move(next(batches), device, config.channels_last)
         batch["step"] = step
         with autocast:
@@ -275,27 +324,29 @@ def fit(
             else 0.0
         )
         optimizer.step()
-        scheduler.step()
         if ema is not None:
             ema.update(model)
-
-        window_loss += loss.item()
+        window_loss += loss.item()  # .item() waits for the device, so the clock below is honest
         window_count += 1
-        if dist_info.is_main and (step % config.log_every == 0 or step == config.steps):
-            elapsed = time.perf_counter() - window_start
+        clock.spent_s += _step_seconds(step_started, dist_info)
+        scheduler.step()
+
+        if dist_info.is_main and (step % config.log_every == 0 or step == config.steps or clock.exhausted):
+            elapsed = clock.spent_s - window_start  # training time only: evaluations are not counted
             record = {
                 "step": step,
                 "loss": window_loss / window_count,
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm,
                 "images_per_s": window_count * config.batch_size * dist_info.world_size / max(elapsed, 1e-9),
+                "train_seconds": clock.spent_s,
                 **logs,
             }
             _log(log_file, writer, "train", record)
-            window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
-        progress.update(step, f"loss {loss.item():.4f}")
+            window_loss, window_count, window_start = 0.0, 0, clock.spent_s
+        progress.update(step, f"loss {loss.item():.4f}", clock.spent_s)
 
-        is_last = step == config.steps
+        is_last = step == config.steps or clock.exhausted
         if evaluate_fn is not None and (step % config.eval_every == 0 or is_last):
             if dist_info.is_main:
                 eval_model = ema.model if ema is not None else model
@@ -321,6 +372,7 @@ def fit(
                     "scheduler": scheduler.state_dict(),
                     "rng": ckpt.capture_rng_state(),
                     "best": best,
+                    "train_seconds": clock.spent_s,
                     "trainer_config": asdict(config),
                 }
                 if ema is not None:
@@ -330,6 +382,8 @@ def fit(
                 if best is not None and best["step"] == step:
                     ckpt.mark_best(checkpoint_dir, step, best["metric"], best["value"])
             barrier(dist_info)
+        if is_last:
+            break
 
     progress.close()
     if writer is not None:
@@ -338,7 +392,9 @@ def fit(
     if dist_info.is_main:
         final_model = _export_final(run_dir, model, final_model, best)
     cleanup_distributed(dist_info)
-    return FitResult(run_dir=run_dir, final_step=config.steps, best=best, model=final_model)
+    return FitResult(
+        run_dir=run_dir, final_step=step, best=best, model=final_model, train_seconds=clock.spent_s
+    )
 
 
 def _export_final(run_dir: Path, model: nn.Module, final_model: nn.Module, best: dict | None) -> nn.Module:
@@ -356,6 +412,23 @@ def _export_final(run_dir: Path, model: nn.Module, final_model: nn.Module, best:
         run_dir / "final.json", json.dumps({"source": str(source.relative_to(run_dir)), **(best or {})})
     )
     return final_model
+
+
+def _now() -> float:
+    """The training clock (a function of its own so tests can drive it)."""
+    return time.perf_counter()
+
+
+def _step_seconds(started: float, dist_info: DistInfo) -> float:
+    """This step's wall time; under DDP the slowest rank's, so every rank stops at the same step."""
+    seconds = _now() - started
+    if dist_info.enabled and torch.distributed.is_initialized():
+        value = torch.tensor([seconds], dtype=torch.float64)
+        if torch.distributed.get_backend() == "nccl":
+            value = value.cuda()
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        seconds = float(value.item())
+    return seconds
 
 
 def _truncate_log(path: Path, last_step: int) -> None:

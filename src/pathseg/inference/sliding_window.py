@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
@@ -31,7 +32,14 @@ def predict_logits(
     batch = image.unsqueeze(0).to(device)
     # A tile no larger than the image (rounded up to the network's size multiple) keeps padding
     # small enough for reflection, which looks like tissue to the network, unlike a constant.
-    roi = tuple(min(tile_size, -(-size // SIZE_MULTIPLE) * SIZE_MULTIPLE) for size in image.shape[-2:])
+    height, width = image.shape[-2:]
+    roi = tuple(min(tile_size, -(-size // SIZE_MULTIPLE) * SIZE_MULTIPLE) for size in (height, width))
+    ph, pw = (max(r - s, 0) for r, s in zip(roi, (height, width), strict=True))
+    # Reflection needs more pixels than it pads on each side: a tiny image (a few pixels wide) is
+    # replicated out to the tile first, and the logits are cropped back to it.
+    tiny = -(-ph // 2) >= height or -(-pw // 2) >= width
+    if tiny:
+        batch = F.pad(batch, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
     logits = sliding_window_inference(
         batch,
         roi_size=roi,
@@ -41,6 +49,8 @@ def predict_logits(
         mode=blend,
         padding_mode="reflect",
     )
+    if tiny:
+        logits = logits[..., ph // 2 : ph // 2 + height, pw // 2 : pw // 2 + width]
     return logits[0].float()
 
 

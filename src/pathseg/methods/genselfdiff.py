@@ -18,6 +18,7 @@ intermediate files, and downstream evaluation on whole images with coordinate-ba
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from dataclasses import dataclass
@@ -258,18 +259,19 @@ def write_pretrain_report(run_dir: Path, config: PretrainConfig) -> Path:
     """HTML page: denoising loss curves, sample grids over training next to real crops, config."""
     grids = sorted((run_dir / "samples").glob("step_*.png"))
     shown = grids if len(grids) <= 4 else [grids[i * (len(grids) - 1) // 3] for i in range(4)]
+    sampler = config.samples.sampler
     body = image_tag(run_dir / "real.png", run_dir, "real training crops") + "".join(
-        image_tag(p, run_dir, f"DDIM samples at {p.stem.replace('_', ' ')}") for p in shown
+        image_tag(p, run_dir, f"{sampler.method.upper()} samples at step {p.stem[5:].lstrip('0') or 0}")
+        for p in shown
     )
     if (run_dir / "samples.png").exists():
         body += image_tag(run_dir / "samples.png", run_dir, "samples from the final (EMA) model")
-    sampler = config.samples.sampler
     intro = (
         f"<p>Denoising pretraining of a {config.model.name} on unlabeled crops of {config.data.crop_size} px "
         f"({config.diffusion.schedule} schedule, {config.diffusion.prediction} prediction, "
         f"{config.diffusion.weighting} weighting). Samples: {sampler.method.upper()}, {sampler.steps} steps, "
         "the same starting noise in every grid. Fine-tune with <code>pathseg train --init "
-        f"{run_dir}</code>.</p>"
+        f"{html.escape(str(run_dir))}</code>.</p>"
     )
     return build_run_report(
         run_dir,

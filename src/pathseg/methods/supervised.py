@@ -19,11 +19,13 @@ from pathseg.data.classes import ClassMap
 from pathseg.data.datasets import SegmentationDataset
 from pathseg.data.folders import Sample, assign_groups, check_samples, discover_dataset, read_groups_csv
 from pathseg.data.splits import label_fraction_subset, train_val_split
+from pathseg.data.targets import add_boundary_target
 from pathseg.data.transforms import AugmentConfig, build_train_transform
 from pathseg.engine import fit, write_run_info
 from pathseg.engine.distributed import is_main_process
 from pathseg.errors import ConfigError
 from pathseg.inference.evaluate import WindowSettings, evaluate_samples
+from pathseg.inference.instances import InstanceSettings
 from pathseg.losses import build_loss
 from pathseg.models import create_model
 from pathseg.models.weights import (
@@ -45,7 +47,51 @@ class DataSplits:
 
 
 def class_map_from(config: SupervisedConfig) -> ClassMap:
-    return ClassMap.from_config(config.data.classes, ignore_values=config.data.ignore_values)
+    class_map = ClassMap.from_config(config.data.classes, ignore_values=config.data.ignore_values)
+    if config.instances.method == "boundary" and len(class_map.names) != 2:
+        raise ConfigError(
+            f"instances.method=boundary separates objects of one class, but data.classes has "
+            f"{len(class_map.names)} ({', '.join(class_map.names)}); use instances.method=components"
+        )
+    return class_map
+
+
+def output_channels(config: SupervisedConfig, class_map: ClassMap) -> int:
+    """Network outputs: one per class, plus the boundary channel of the boundary-aware target."""
+    return len(class_map.names) + (1 if config.instances.method == "boundary" else 0)
+
+
+def instance_settings(config: SupervisedConfig) -> InstanceSettings:
+    section = config.instances
+    return InstanceSettings(
+        section.method, section.min_area, section.marker_threshold, section.marker_min_area
+    )
+
+
+def inference_info(config: SupervisedConfig, class_map: ClassMap) -> dict[str, Any]:
+    """What inference must know and never guess: classes, working resolution, objects, tiles.
+
+    Written as ``inference.json`` in every run folder (and kept in ``config.yaml``).
+    """
+    scale, mpp = config.data.scale, config.data.mpp
+    return {
+        "classes": [
+            {
+                "index": i,
+                "name": name,
+                "stored_values": [v if isinstance(v, int) else list(v) for v in class_map.alternatives(i)],
+                "color": list(colour),
+            }
+            for i, (name, colour) in enumerate(zip(class_map.names, class_map.palette(), strict=True))
+        ],
+        "ignore_index": class_map.ignore_index,
+        "output_channels": output_channels(config, class_map),
+        "scale": scale,
+        "image_mpp": mpp,
+        "model_mpp": mpp / scale if mpp else None,
+        "instances": config.instances.model_dump(),
+        "tile_size": config.data.crop_size,
+    }
 
 
 def prepare_splits(config: SupervisedConfig, class_map: ClassMap, check: bool = True) -> DataSplits:
@@ -112,7 +158,7 @@ def train(
     class_map = class_map_from(config)
     splits = prepare_splits(config, class_map)
     run_dir = Path(config.output)
-    model = build_model(config, len(class_map.names), resume)  # may update config.model (init)
+    model = build_model(config, output_channels(config, class_map), resume)  # may update config.model
     info = {
         "train_images": [s.stem for s in splits.train],
         "val_images": [s.stem for s in splits.val],
@@ -121,27 +167,28 @@ def train(
     }
     write_run_info(run_dir, to_plain(config))
     (run_dir / "splits.json").write_text(json.dumps(info, indent=2))
+    (run_dir / "inference.json").write_text(json.dumps(inference_info(config, class_map), indent=2))
 
     augment = AugmentConfig(crop_size=config.data.crop_size, **config.data.augment.model_dump())
+    transform = build_train_transform(augment, class_map.ignore_index)
+    class_weights = config.loss.class_weights
+    if config.instances.method == "boundary":
+        transform = add_boundary_target(transform, config.instances.boundary_width, class_map.ignore_index)
+        class_weights = class_weights or [1.0, 1.0, config.instances.boundary_weight]
     dataset = SegmentationDataset(
-        splits.train,
-        class_map,
-        transform=build_train_transform(augment, class_map.ignore_index),
-        scale=config.data.scale,
-        seed=config.train.seed,
+        splits.train, class_map, transform=transform, scale=config.data.scale, seed=config.train.seed
     )
-    loss_terms = build_loss(
-        config.loss.terms, class_map.ignore_index, config.loss.focal_gamma, config.loss.class_weights
-    )
+    loss_terms = build_loss(config.loss.terms, class_map.ignore_index, config.loss.focal_gamma, class_weights)
 
     def loss_fn(net: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         return loss_terms(net(batch["image"]), batch["mask"]), {}
 
     window = window_settings(config)
+    objects = instance_settings(config)
 
     def evaluate_fn(net: nn.Module, step: int) -> dict[str, float]:
         evaluator = evaluate_samples(
-            net, splits.val, class_map, window, config.data.scale, object_metrics=False
+            net, splits.val, class_map, window, config.data.scale, object_metrics=False, instances=objects
         )
         summary = evaluator.summary()
         return {k: v for k, v in summary.items() if k in ("dice", "iou", "miou", "pixel_accuracy", "hd95")}
@@ -156,7 +203,12 @@ def train(
         resume=resume,
         show_progress=show_progress,
     )
-    outcome: dict[str, Any] = {"run_dir": str(run_dir), "best": result.best, "final_step": result.final_step}
+    outcome: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "best": result.best,
+        "final_step": result.final_step,
+        "train_seconds": result.train_seconds,
+    }
     if splits.test and is_main_process():
         evaluator = evaluate_samples(
             result.model.eval(),
@@ -167,6 +219,7 @@ def train(
             object_metrics=config.eval.object_metrics,
             out_dir=run_dir / "test",
             max_overlays=config.eval.max_overlays,
+            instances=objects,
         )
         outcome["test"] = evaluator.summary()
     return outcome

@@ -9,7 +9,8 @@ Per image (``update``):
   plus ``hd95/<name>`` per foreground class when there is more than one; conventions of
   :mod:`pathseg.metrics.distance` (both empty → 0, one empty → the image diagonal);
 * with ``object_metrics``: ``object_f1``, ``object_dice``, ``object_hausdorff`` where predicted
-  objects are the 8-connected components of the merged predicted foreground and ground-truth
+  objects are ``pred_instances`` when given (a post-processing that separates touching objects),
+  else the 8-connected components of the merged predicted foreground, and ground-truth
   objects are ``gt_instances`` when given (needed when touching glands share a class), else the
   components of the merged target foreground;
 * when both ``pred_instances`` and ``gt_instances`` are given: ``aji``, ``pq``, ``dq``, ``sq``.
@@ -114,7 +115,10 @@ class SegmentationEvaluator:
                     )[0]
 
         if self.object_metrics:
-            pred_obj = label_objects(pred_fg)
+            if pred_instances is not None:
+                pred_obj = self._masked_instances(pred_instances, target.shape, valid, "pred_instances")
+            else:
+                pred_obj = label_objects(pred_fg)
             if gt_instances is not None:
                 gt_obj = self._masked_instances(gt_instances, target.shape, valid, "gt_instances")
             else:

@@ -82,6 +82,11 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def monitor_label(monitor: str) -> str:
+    """``val_loss`` -> ``loss``: the validation metric's name without a ``val_`` prefix."""
+    return monitor.removeprefix("val_")
+
+
 def learning_curves(metrics_file: Path, out_png: Path, monitor: str = "dice") -> Path | None:
     """Training loss and validation ``monitor`` against step, from a run's ``metrics.jsonl``."""
     records = read_jsonl(metrics_file)
@@ -89,9 +94,15 @@ def learning_curves(metrics_file: Path, out_png: Path, monitor: str = "dice") ->
     val = [r for r in records if r.get("split") == "val" and monitor in r]
     if not train:
         return None
+    label = monitor_label(monitor)
     fig, ax_loss = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     ax_loss.plot(
-        [r["step"] for r in train], [r["loss"] for r in train], color="#555", lw=1.2, label="train loss"
+        [r["step"] for r in train],
+        [r["loss"] for r in train],
+        color="#555",
+        lw=1.2,
+        marker="." if len(train) <= 20 else None,  # a short run's few points stay visible
+        label="train loss",
     )
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("train loss")
@@ -99,13 +110,20 @@ def learning_curves(metrics_file: Path, out_png: Path, monitor: str = "dice") ->
     if val:
         ax_val = ax_loss.twinx()
         ax_val.plot(
-            [r["step"] for r in val], [r[monitor] for r in val], "o-", color="#2e7d32", label=f"val {monitor}"
+            [r["step"] for r in val], [r[monitor] for r in val], "o-", color="#2e7d32", label=f"val {label}"
         )
-        ax_val.set_ylabel(f"validation {monitor}")
+        ax_val.set_ylabel(f"validation {label}")
         if "loss" not in monitor:
             ax_val.set_ylim(0, 1)
     handles = [line for axis in fig.axes for line in axis.get_lines()]
-    ax_loss.legend(handles, [h.get_label() for h in handles], loc="center right", framealpha=0.9)
+    ax_loss.legend(  # above the axes: never over the curves
+        handles,
+        [h.get_label() for h in handles],
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(handles),
+        frameon=False,
+    )
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png)

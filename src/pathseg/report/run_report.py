@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 from pathlib import Path
 
 import yaml
 
-from pathseg.report.figures import learning_curves
+from pathseg.report.figures import learning_curves, monitor_label
 from pathseg.report.html import image_tag, table, write_report
 
 HEADLINE = [
@@ -42,10 +43,10 @@ def build_run_report(
         sections.append(("Test metrics (whole images)", table(metrics_rows(metrics))))
     curve = learning_curves(run_dir / "metrics.jsonl", run_dir / "figures" / "learning_curve.png", monitor)
     if curve:
-        sections.append(
-            ("Learning curve", image_tag(curve, run_dir, "training loss and validation " + monitor))
-        )
+        caption = "training loss and validation " + monitor_label(monitor)
+        sections.append(("Learning curve", image_tag(curve, run_dir, caption)))
     per_image = run_dir / "test" / "per_image.csv"
+    rows: list[dict] = []
     if per_image.exists():
         with open(per_image) as handle:
             rows = list(csv.DictReader(handle))
@@ -57,14 +58,27 @@ def build_run_report(
             for key in columns[1:]:
                 row[key] = float(row[key]) if row.get(key) not in (None, "", "nan") else float("nan")
         sections.append(("Per image (worst first)", table(rows, columns)))
-    overlays = sorted((run_dir / "test" / "overlays").glob("*.png"))
+    overlays = {p.stem: p for p in sorted((run_dir / "test" / "overlays").glob("*.png"))}
     if overlays:
-        body = "<p class=note>image | ground truth | prediction</p>" + "".join(
-            image_tag(p, run_dir, p.stem) for p in overlays[:8]
-        )
-        sections.append(("Predictions", body))
+        # worst first, as in the table above; images the table does not list follow by name
+        dice: dict[str, float | None] = {}
+        for row in rows:
+            name = row.get("name") or ""
+            name = name if name in overlays else Path(name).stem
+            score = row.get("dice")
+            dice[name] = score if isinstance(score, float) and score == score else None
+        order = [name for name in dice if name in overlays] + [n for n in overlays if n not in dice]
+        figures = []
+        for name in order[:8]:
+            score = dice.get(name)
+            caption = name if score is None else f"{name} (dice {score:.3f})"
+            figures.append(image_tag(overlays[name], run_dir, caption))
+        body = "<p class=note>each panel: image | ground truth | prediction</p>"
+        sections.append(("Predictions", body + f"<div class=gallery>{''.join(figures)}</div>"))
     config_file = run_dir / "config.yaml"
     if config_file.exists():
         config = yaml.safe_load(config_file.read_text())
-        sections.append(("Configuration", f"<pre>{yaml.safe_dump(config, sort_keys=False)}</pre>"))
+        sections.append(
+            ("Configuration", f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")
+        )
     return write_report(run_dir / "report.html", title or f"pathseg run {run_dir.name}", sections)
