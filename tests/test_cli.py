@@ -218,13 +218,24 @@ def test_existing_run_is_not_overwritten(tmp_path: Path, synth_root: Path) -> No
     assert "--resume" in line
 
 
+def test_data_check_defaults_accept_the_synthetic_data(synth_root: Path) -> None:
+    # `pathseg data synth d && pathseg data check d` must work out of the box (0/1 masks), as must
+    # 0/255 masks (GlaS): the default class map accepts either value for the gland class.
+    result = runner.invoke(app, ["data", "check", str(synth_root / "train")])
+    assert result.exit_code == 0, result.output
+    assert "8 image/mask pairs" in result.output
+
+
 def test_parse_helpers() -> None:
     assert parse_classes("background=0,gland=255") == {"background": 0, "gland": 255}
     assert parse_classes("tumour, stroma") == ["tumour", "stroma"]
+    assert parse_classes("background=0,gland=1|255") == {"background": 0, "gland": [1, 255]}
     assert parse_loss("ce+dice") == {"ce": 1.0, "dice": 1.0}
     assert parse_loss("focal:2,dice:0.5") == {"focal": 2.0, "dice": 0.5}
     with pytest.raises(ConfigError):
         parse_classes("a=x")
+    with pytest.raises(ConfigError):
+        parse_classes("a=1|x")
 
 
 def test_every_command_has_help() -> None:
@@ -250,7 +261,11 @@ def test_resume_refuses_a_changed_config(tmp_path: Path, synth_root: Path) -> No
     saved = resolve_config(SupervisedConfig, None, [f"data.train={synth_root / 'train'}", f"output={run}"])
     write_run_info(run, to_plain(saved))
     line = one_line_error(_run_main(["train", "--resume", "--out", str(run), "--set", "train.lr=0.5"]))
-    assert "config.yaml" in line and "train.lr" in line and "only train.steps may change" in line
+    assert (
+        "config.yaml" in line
+        and "train.lr" in line
+        and "only train.steps and train.budget_minutes may change" in line
+    )
 
 
 # --------------------------------------------------------------------------------------- weak
@@ -319,6 +334,14 @@ def test_weak_run_end_to_end_refuses_to_overwrite_and_resumes(tissue_patches, tm
     summary = json.loads((out / "summary.json").read_text())
     assert {"test", "test_ungated", "test_cams"} <= set(summary)
     assert (out / "figures" / "cams.png").exists() and (out / "cam_quality.json").exists()
+    from tests.report.test_report_paths import references, resolve
+
+    report = out / "report.html"
+    text = report.read_text()
+    assert "Segmenter on the test images" in text and "Class activation maps" in text
+    images = references(report).images
+    assert len(images) >= 3  # CAM figure, two learning curves, prediction panels
+    assert all(resolve(report, src).is_file() for src in images)
     line = one_line_error(_run_main(weak_run_args(patches, test, out)))
     assert str(out) in line and "already exists" in line and "--resume" in line
     weights = out / "segmenter" / "model.safetensors"

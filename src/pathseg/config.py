@@ -53,8 +53,8 @@ class DataSection(Strict):
     mpp: float | None = None
     """Microns per pixel of the images as stored (e.g. 0.5 at 20x); recorded so slide inference
     reads slides at the resolution the model was trained at (``mpp / scale``)."""
-    scale: float = 1.0
-    crop_size: int = 256
+    scale: float = Field(default=1.0, gt=0)
+    crop_size: int = Field(default=256, ge=16)
     augment: AugmentSection = Field(default_factory=AugmentSection)
 
 

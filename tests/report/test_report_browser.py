@@ -59,7 +59,6 @@ def chromium(browser: str, profile: Path, cwd: Path, *args: str, timeout: float 
     """Run headless Chromium with a throwaway profile; its stdout."""
     profile.mkdir(parents=True, exist_ok=True)
     command = [
-        *(["nice", "-n", "19"] if shutil.which("nice") else []),
         browser,
         "--headless",
         "--no-sandbox",  # CI containers run as root

@@ -1,7 +1,7 @@
 """What the command modules share: console objects, common options, option parsing, run configs.
 
 A new run refuses to overwrite an existing one; ``--resume`` continues the config saved in the
-run folder, where only ``train.steps`` may change.
+run folder, where only ``train.steps`` and ``train.budget_minutes`` may change.
 """
 
 from __future__ import annotations
@@ -59,20 +59,22 @@ def run_config(schema, config: Path | None, output: Path | None, pairs: list[str
     return cfg
 
 
-def parse_classes(text: str) -> dict[str, int] | list[str]:
-    """``"background=0,gland=255"`` -> mapping; ``"tumour,stroma"`` -> names with values 0..K-1."""
+def parse_classes(text: str) -> dict[str, int | list[int]] | list[str]:
+    """``"background=0,gland=255"`` -> mapping; ``"gland=1|255"``: either value stands for the class;
+    ``"tumour,stroma"`` -> names with values 0..K-1."""
     items = [item.strip() for item in text.split(",") if item.strip()]
     if all("=" not in item for item in items):
         return items
-    mapping = {}
+    mapping: dict[str, int | list[int]] = {}
     for item in items:
         name, _, value = item.partition("=")
         try:
-            mapping[name.strip()] = int(value)
+            values = [int(v) for v in value.split("|")]
         except ValueError:
             raise ConfigError(
-                f"--classes: {item!r} must look like name=value with an integer value"
+                f"--classes: {item!r} must look like name=value (or name=v1|v2) with integer values"
             ) from None
+        mapping[name.strip()] = values[0] if len(values) == 1 else values
     return mapping
 
 
@@ -107,8 +109,13 @@ def refuse_existing_run(run_dir: Path) -> None:
         )
 
 
+# What --resume may change: how long to train, and where the run folder is named from.
+RESUMABLE_KEYS = ("train.steps", "train.budget_minutes", "output")
+
+
 def resume_config(schema, config: Path | None, output: Path | None, pairs: list[str]):
-    """The saved config of the run in ``--out``; only ``train.steps`` may change (to train longer)."""
+    """The saved config of the run in ``--out``; only ``train.steps`` and ``train.budget_minutes``
+    may change (to train longer)."""
     from pathseg.config import resolve_config, to_plain
 
     if output is None:
@@ -124,12 +131,12 @@ def resume_config(schema, config: Path | None, output: Path | None, pairs: list[
     changed = sorted(
         k
         for k in saved_flat.keys() | wanted_flat.keys()
-        if k not in ("train.steps", "output") and saved_flat.get(k) != wanted_flat.get(k)
+        if k not in RESUMABLE_KEYS and saved_flat.get(k) != wanted_flat.get(k)
     )
     if changed:
         raise ConfigError(
             f"{saved_file}: --resume continues the saved config, but these keys differ: {', '.join(changed)} "
-            "(only train.steps may change); start a new run instead"
+            "(only train.steps and train.budget_minutes may change); start a new run instead"
         )
     return wanted
 

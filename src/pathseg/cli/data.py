@@ -43,8 +43,9 @@ def data_synth(
 def data_check(
     folder: Annotated[Path, typer.Argument(help="Folder with images/ and masks/.")],
     classes: Annotated[
-        str, typer.Option(help='Class map, e.g. "background=0,gland=255".')
-    ] = "background=0,gland=255",
+        str,
+        typer.Option(help='Class map, e.g. "background=0,gland=255"; "gland=1|255" accepts either value.'),
+    ] = "background=0,gland=1|255",
     mask_suffix: Annotated[str, typer.Option(help="Mask stem suffix, e.g. _anno.")] = "",
 ) -> None:
     """Open every image and mask and report the first problem (unreadable, size mismatch, bad values)."""

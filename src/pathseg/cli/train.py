@@ -167,18 +167,6 @@ def train(
         console.print(f"report: {report}")
 
 
-def _load_run(run: Path):
-    """``load_run`` after checking that ``run`` is a folder, so a mistyped path is named as such."""
-    from pathseg.errors import DataError
-    from pathseg.methods.supervised import load_run
-
-    if not run.exists():
-        raise DataError(run, "run folder does not exist")
-    if not run.is_dir():
-        raise DataError(run, "not a folder (give the run folder that holds model.safetensors)")
-    return load_run(run)
-
-
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A finished run folder (holds model.safetensors).")],
     data: Annotated[Path, typer.Option(help="Folder with images/ and masks/ to evaluate on.")],
@@ -190,9 +178,9 @@ def evaluate(
     """Score a trained model on whole images: metrics table, per-image CSV, overlay PNGs."""
     from pathseg.data.folders import check_samples, discover_dataset
     from pathseg.inference.evaluate import evaluate_samples
-    from pathseg.methods.supervised import instance_settings, window_settings
+    from pathseg.methods.supervised import instance_settings, load_run, window_settings
 
-    model, cfg, class_map = _load_run(run)
+    model, cfg, class_map = load_run(run)
     samples = discover_dataset(data, mask_suffix=cfg.data.mask_suffix)
     check_samples(samples, class_map)
     window = window_settings(cfg)
@@ -229,9 +217,9 @@ def predict(
     """
     from pathseg.data.folders import find_images
     from pathseg.inference.evaluate import predict_paths
-    from pathseg.methods.supervised import instance_settings, window_settings
+    from pathseg.methods.supervised import instance_settings, load_run, window_settings
 
-    model, cfg, class_map = _load_run(run)
+    model, cfg, class_map = load_run(run)
     paths = find_images(images)
     written, failures = predict_paths(
         model,

@@ -159,6 +159,8 @@ def weak_train(
     for name in ("test", "test_ungated"):
         if name in outcome:
             print_metrics(outcome[name], f"segmenter on test ({name})")
+    if "report" in outcome:
+        console.print(f"report: {outcome['report']}")
 
 
 def weak_run(
@@ -186,3 +188,4 @@ def weak_run(
     for name in ("test", "test_ungated"):
         if name in segmenter:
             print_metrics(segmenter[name], f"segmenter on test ({name})")
+    console.print(f"report: {weak.build_weak_report(cfg)}")

@@ -22,7 +22,7 @@ from pathseg.errors import DataError
 from pathseg.inference.instances import InstanceSettings, separate_objects
 from pathseg.inference.sliding_window import predict_image
 from pathseg.metrics import SegmentationEvaluator
-from pathseg.report.figures import overlay, prediction_panel
+from pathseg.report.figures import outline_objects, overlay, prediction_panel
 
 
 @dataclass
@@ -125,7 +125,7 @@ def evaluate_samples(
         prediction, objects = segment(model, image, window, scale, instances)
         evaluator.update(prediction, truth, name=sample.stem, pred_instances=objects)
         if out_dir is not None and index < max_overlays:
-            panel = prediction_panel(image, truth, prediction, palette, class_map.ignore_index)
+            panel = prediction_panel(image, truth, prediction, palette, class_map.ignore_index, objects)
             output_folder(out_dir / "overlays")
             Image.fromarray(panel).save(out_dir / "overlays" / f"{sample.stem}.png")
     if out_dir is not None:
@@ -193,9 +193,8 @@ def predict_paths(
         write_instances(out_dir / "instances" / f"{path.stem}.png", objects)
         written.append(mask_path)
         if save_overlays:
-            Image.fromarray(overlay(full, prediction, palette, ignore_index=None)).save(
-                out_dir / "overlays" / f"{path.stem}.png"
-            )
+            picture = outline_objects(overlay(full, prediction, palette, ignore_index=None), objects)
+            Image.fromarray(picture).save(out_dir / "overlays" / f"{path.stem}.png")
     return written, failures
 
 

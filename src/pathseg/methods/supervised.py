@@ -23,7 +23,7 @@ from pathseg.data.targets import add_boundary_target
 from pathseg.data.transforms import AugmentConfig, build_train_transform
 from pathseg.engine import fit, write_run_info
 from pathseg.engine.distributed import is_main_process
-from pathseg.errors import ConfigError
+from pathseg.errors import ConfigError, DataError
 from pathseg.inference.evaluate import WindowSettings, evaluate_samples
 from pathseg.inference.instances import InstanceSettings
 from pathseg.losses import build_loss
@@ -227,6 +227,10 @@ def train(
 
 def load_run(run_dir: Path) -> tuple[nn.Module, SupervisedConfig, ClassMap]:
     """The inference model (``model.safetensors``), config and class map of a finished run."""
+    if not run_dir.exists():
+        raise DataError(run_dir, "run folder does not exist")
+    if not run_dir.is_dir():
+        raise DataError(run_dir, "not a folder (give the run folder that holds model.safetensors)")
     weights = run_dir / "model.safetensors"
     if not weights.exists():
         raise ConfigError(f"{run_dir}: no model.safetensors (did training finish? resume it with --resume)")

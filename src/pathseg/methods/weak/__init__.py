@@ -59,6 +59,7 @@ from pathseg.methods.weak.pseudo_masks import (
     pseudo_mask_quality,
     white_background,
 )
+from pathseg.methods.weak.report import build_weak_report
 from pathseg.methods.weak.segmenter import (
     GATE_FILL,
     GatedSegmenter,
@@ -83,6 +84,7 @@ __all__ = [
     "WeakConfig",
     "WeakDataSection",
     "build_classifier",
+    "build_weak_report",
     "cam_figure",
     "cam_masks_for_images",
     "check_config",

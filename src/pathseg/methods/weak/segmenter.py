@@ -33,6 +33,7 @@ from pathseg.methods.weak.config import (
     write_json,
 )
 from pathseg.methods.weak.pseudo_masks import cam_masks_for_images
+from pathseg.methods.weak.report import build_weak_report
 from pathseg.models import create_model
 
 # Finite stand-in for -inf: no real logit comes near it, and sliding-window blending of tiles
@@ -140,8 +141,10 @@ def train_segmenter(config: WeakConfig, resume: bool = False, show_progress: boo
         show_progress=show_progress,
     )
     outcome: dict[str, Any] = {"run_dir": str(dirs["segmenter"]), "best": result.best}
-    if test and is_main_process():
-        outcome.update(evaluate_weak(config, result.model.eval(), test, class_map, window))
+    if is_main_process():
+        if test:
+            outcome.update(evaluate_weak(config, result.model.eval(), test, class_map, window))
+        outcome["report"] = str(build_weak_report(config))
     return outcome
 
 

@@ -52,6 +52,9 @@ class ResUNet(nn.Module):
         in_channels: input channels.
         num_classes: output channels (logits).
         decoder_channels: widths of the five decoder blocks, deepest first (strides 16, 8, 4, 2, 1).
+            The default is half as wide as MONAI FlexibleUNet's (256, 128, 64, 32, 16) at the deep
+            stages: a training step at 256 px, batch 8, bf16 on 2 CPU cores takes 0.76 s instead of
+            1.13 s, and at equal wall-clock budget on GlaS the faster step wins (benchmarks/).
         norm: ``"batch"`` or ``"group"``.
 
     Example:
@@ -66,7 +69,7 @@ class ResUNet(nn.Module):
         encoder_depth: int = 18,
         in_channels: int = 3,
         num_classes: int = 2,
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        decoder_channels: Sequence[int] = (128, 64, 32, 16, 16),
         norm: str = "batch",
     ) -> None:
         super().__init__()
