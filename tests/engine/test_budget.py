@@ -14,6 +14,7 @@ from pathseg.engine import TrainerConfig, fit
 from pathseg.engine import trainer as trainer_module
 from pathseg.engine.trainer import TrainingClock, lr_lambda
 from pathseg.errors import ConfigError, PathsegError
+from tests.engine.test_trainer import config
 from tests.engine.toy import ToyDataset, toy_loss, toy_model
 
 
@@ -33,24 +34,19 @@ def clock(monkeypatch):
 
 
 def budget_config(seconds: float, **overrides) -> TrainerConfig:
-    base = dict(
+    """The trainer tests' config, budgeted: cosine to zero by time, evaluation and logs every step."""
+    settings = dict(
         steps=10_000,
         budget_minutes=seconds / 60,
         batch_size=2,
-        lr=1e-2,
         warmup_steps=0,
         schedule="cosine",
         min_lr_ratio=0.0,
-        precision="fp32",
         eval_every=1,
         checkpoint_every=10_000,
         log_every=1,
-        seed=3,
-        monitor="score",
-        monitor_mode="min",
     )
-    base.update(overrides)
-    return TrainerConfig(**base)
+    return config(**{**settings, **overrides})
 
 
 def train_records(run_dir):

@@ -17,10 +17,10 @@ from torch import nn
 from pathseg.data.classes import ClassMap
 from pathseg.data.folders import Sample
 from pathseg.data.io import read_image, read_label_image, write_mask
-from pathseg.data.transforms import resize_pair
+from pathseg.data.transforms import resize_pair, to_tensor
 from pathseg.errors import DataError
 from pathseg.inference.instances import InstanceSettings, separate_objects
-from pathseg.inference.sliding_window import predict_image
+from pathseg.inference.sliding_window import predict_logits
 from pathseg.metrics import SegmentationEvaluator
 from pathseg.report.figures import outline_objects, overlay, prediction_panel
 
@@ -68,9 +68,10 @@ def predict_probabilities(
     by ``scale``. Probabilities (not labels) are upsampled back, so borders stay smooth and metrics
     are always computed against the original masks."""
     small = resize_pair(image, None, scale)[0] if scale != 1.0 else image
-    _, probs = predict_image(
-        model, small, window.tile_size, window.overlap, window.blend, window.sw_batch_size
+    logits = predict_logits(
+        model, to_tensor(small), window.tile_size, window.overlap, window.blend, window.sw_batch_size
     )
+    probs = logits.softmax(dim=0).cpu().numpy()  # no argmax here: separate_objects decides classes
     if scale == 1.0:
         return probs
     full = F.interpolate(
