@@ -349,6 +349,17 @@ def test_weak_run_end_to_end_refuses_to_overwrite_and_resumes(tissue_patches, tm
     again = _run_main(["weak", "run", "--resume", "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert weights.stat().st_mtime_ns == stamp  # finished stages are skipped
+    saved = (out / "config.yaml").read_text()
+    line = one_line_error(
+        _run_main(["weak", "run", "--resume", "--out", str(out), "--set", "cam.batch_size=3"])
+    )
+    assert "cam.batch_size" in line and "--resume continues the saved config" in line
+    assert (out / "config.yaml").read_text() == saved  # a refused resume rewrites nothing
+
+
+def test_weak_ignore_that_is_not_a_number_is_one_line(tmp_path: Path) -> None:
+    line = one_line_error(_run_main(["weak", "run", "--ignore", "a", "--out", str(tmp_path / "r")]))
+    assert "--ignore" in line and "'a'" in line
 
 
 def test_weak_cam_without_a_run_folder_is_clear(tmp_path: Path) -> None:

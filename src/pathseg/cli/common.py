@@ -78,6 +78,16 @@ def parse_classes(text: str) -> dict[str, int | list[int]] | list[str]:
     return mapping
 
 
+def parse_values(text: str | None, option: str) -> list[int]:
+    """``"3"`` or ``"3,4"`` -> mask values (``[]`` for None)."""
+    if not text:
+        return []
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f'{option}: {text!r} must be mask values, e.g. "3" or "3,4"') from None
+
+
 def parse_loss(text: str) -> dict[str, float]:
     """``"ce+dice"`` or ``"ce:1,dice:0.5"`` -> weights per loss term."""
     terms = {}
@@ -113,6 +123,12 @@ def refuse_existing_run(run_dir: Path) -> None:
 RESUMABLE_KEYS = ("train.steps", "train.budget_minutes", "output")
 
 
+def resumable(key: str) -> bool:
+    """Whether ``--resume`` may change ``key``: one of ``RESUMABLE_KEYS``, also inside a method's
+    section (``classifier.train.steps``)."""
+    return any(key == k or key.endswith(f".{k}") for k in RESUMABLE_KEYS)
+
+
 def resume_config(schema, config: Path | None, output: Path | None, pairs: list[str]):
     """The saved config of the run in ``--out``; only ``train.steps`` and ``train.budget_minutes``
     may change (to train longer)."""
@@ -131,7 +147,7 @@ def resume_config(schema, config: Path | None, output: Path | None, pairs: list[
     changed = sorted(
         k
         for k in saved_flat.keys() | wanted_flat.keys()
-        if k not in RESUMABLE_KEYS and saved_flat.get(k) != wanted_flat.get(k)
+        if not resumable(k) and saved_flat.get(k) != wanted_flat.get(k)
     )
     if changed:
         raise ConfigError(

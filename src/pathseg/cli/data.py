@@ -1,4 +1,4 @@
-"""``pathseg data synth|check|patch-labels``: create and check datasets."""
+"""``pathseg data synth|check|patch-labels|tiles``: create and check datasets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pathseg.cli.common import console, parse_classes
+from pathseg.cli.common import console, parse_classes, parse_values
 
 
 def register(app: typer.Typer) -> None:
@@ -15,6 +15,7 @@ def register(app: typer.Typer) -> None:
     data_app.command("synth")(data_synth)
     data_app.command("check")(data_check)
     data_app.command("patch-labels")(data_patch_labels)
+    data_app.command("tiles")(data_tiles)
     app.add_typer(data_app, name="data")
 
 
@@ -47,12 +48,16 @@ def data_check(
         typer.Option(help='Class map, e.g. "background=0,gland=255"; "gland=1|255" accepts either value.'),
     ] = "background=0,gland=1|255",
     mask_suffix: Annotated[str, typer.Option(help="Mask stem suffix, e.g. _anno.")] = "",
+    ignore: Annotated[
+        str | None,
+        typer.Option(help='Mask values meaning "not labelled", e.g. "255" for `data tiles` output.'),
+    ] = None,
 ) -> None:
     """Open every image and mask and report the first problem (unreadable, size mismatch, bad values)."""
     from pathseg.data.classes import ClassMap
     from pathseg.data.folders import check_samples, discover_dataset
 
-    class_map = ClassMap.from_config(parse_classes(classes))
+    class_map = ClassMap.from_config(parse_classes(classes), ignore_values=parse_values(ignore, "--ignore"))
     samples = discover_dataset(folder, mask_suffix=mask_suffix)
     check_samples(samples, class_map)
     console.print(f"{folder}: {len(samples)} image/mask pairs, all readable and consistent")
@@ -85,7 +90,7 @@ def data_patch_labels(
     from pathseg.data.folders import discover_dataset, pair_images_and_masks
     from pathseg.data.patch_labels import make_patch_label_set
 
-    ignore_values = [int(v) for v in ignore.split(",")] if ignore else []
+    ignore_values = parse_values(ignore, "--ignore")
     class_map = ClassMap.from_config(parse_classes(classes), ignore_values=ignore_values)
     if masks is not None:
         samples = pair_images_and_masks(folder / "images", folder / masks)
@@ -98,3 +103,131 @@ def data_patch_labels(
         f"wrote {counts['patches']} patches from {counts['images']} images to {output} "
         f"(skipped {counts['skipped']}); patches per class: {counts['patches_per_class']}"
     )
+
+
+def data_tiles(
+    slide: Annotated[Path, typer.Argument(help="Slide (svs, tif, ndpi, mrxs ...) or a plain image.")],
+    annotations: Annotated[
+        Path, typer.Option(help="Polygons: QuPath GeoJSON (.geojson, .json) or ImageScope XML (.xml).")
+    ],
+    mpp: Annotated[float, typer.Option(help="Microns per pixel of the tiles (0.5 is about 20x).")],
+    output: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to write (images/, masks/, tiles.json).")
+    ],
+    tile: Annotated[int, typer.Option(help="Tile side in pixels.")] = 512,
+    stride: Annotated[int | None, typer.Option(help="Step between tiles in pixels (default: tile).")] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help='Class map of the masks, e.g. "background=0,tumour=1,stroma=2" '
+            "(default: the annotations' classes in order of appearance, stored as 0, 1, ...)."
+        ),
+    ] = None,
+    default_class: Annotated[
+        str | None, typer.Option(help="Class of annotations that have none (e.g. nucleus).")
+    ] = None,
+    unannotated: Annotated[
+        str,
+        typer.Option(
+            help="Pixels outside every annotation: 'ignore' (a few drawn regions) or "
+            "'background' (fully annotated fields; needs a class named background)."
+        ),
+    ] = "ignore",
+    ignore_value: Annotated[int, typer.Option(help="Mask value of unlabelled pixels.")] = 255,
+    min_labelled: Annotated[
+        float, typer.Option(help="Keep tiles whose labelled share is above this (0 to 1).")
+    ] = 0.0,
+    slide_mpp: Annotated[
+        float | None, typer.Option(help="Microns per pixel of the slide, for slides that do not state it.")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Slide reader: tiffslide, openslide or image (default: by suffix).")
+    ] = None,
+) -> None:
+    """Cut a slide and its polygon annotations into image/mask tiles that `pathseg train` reads."""
+    from pathseg.data.classes import ClassMap
+    from pathseg.errors import ConfigError, DataError
+    from pathseg.slides.annotations import class_indices, clip_to_slide, read_annotations
+    from pathseg.slides.reader import open_slide
+    from pathseg.slides.tiles import write_annotation_tiles
+
+    if unannotated not in ("ignore", "background"):
+        raise ConfigError(f"--unannotated must be 'ignore' or 'background', not {unannotated!r}")
+    with open_slide(slide, backend=backend, mpp=slide_mpp) as opened:
+        if opened.mpp is None:
+            raise DataError(slide, "has no microns-per-pixel in its properties; pass --slide-mpp")
+        found = clip_to_slide(read_annotations(annotations), opened.dimensions, annotations)
+        if classes is not None:
+            class_spec = parse_classes(classes)
+        else:
+            class_spec = _annotated_class_names(found, default_class, unannotated, annotations)
+        class_map = ClassMap.from_config(class_spec, ignore_values=[ignore_value])
+        indices = class_indices(found, class_map, annotations, default_class)
+        fill = class_map.ignore_index if unannotated == "ignore" else _background_index(class_map)
+        written = write_annotation_tiles(
+            opened,
+            found,
+            indices,
+            class_map,
+            mpp=mpp,
+            tile=tile,
+            stride=stride,
+            out_dir=output,
+            fill_index=fill,
+            min_labelled=min_labelled,
+        )
+    if not written:
+        raise DataError(
+            annotations, f"no tile has more than {min_labelled:.0%} labelled pixels; nothing written"
+        )
+    _print_tiles_summary(output, class_map)
+
+
+def _annotated_class_names(annotations, default_class: str | None, unannotated: str, path: Path) -> list[str]:
+    """The classes of the annotations in order of appearance (``background`` first when unannotated
+    pixels are background; QuPath's Ignore* classes left out): the default class map of ``data tiles``."""
+    from pathseg.errors import DataError
+
+    names = ["background"] if unannotated == "background" else []
+    for annotation in annotations:
+        name = annotation.class_name or default_class
+        if name and not name.lower().startswith("ignore") and name.lower() not in {n.lower() for n in names}:
+            names.append(name)
+    if not names:
+        raise DataError(path, "no annotation has a class; pass --default-class or --classes")
+    return names
+
+
+def _background_index(class_map) -> int:
+    from pathseg.errors import ConfigError
+
+    for index, name in enumerate(class_map.names):
+        if name.lower() == "background":
+            return index
+    raise ConfigError(
+        f"--unannotated background needs a class named background (classes: {', '.join(class_map.names)})"
+    )
+
+
+def _print_tiles_summary(output: Path, class_map) -> None:
+    """Two lines: what was written with each class's share of the pixels, then how to train on it."""
+    import json
+
+    from rich.markup import escape
+
+    summary = json.loads((output / "tiles.json").read_text())
+    counts = {**summary["labelled_pixels"], "unlabelled": summary["unlabelled_pixels"]}
+    total = max(sum(counts.values()), 1)
+    shares = ", ".join(f"{name} {count / total:.1%}" for name, count in counts.items())
+    stored = ",".join(
+        f"{name}=" + "|".join(str(v) for v in class_map.alternatives(i))
+        for i, name in enumerate(class_map.names)
+    )
+    ignore = f"data.ignore_values=[{summary['ignore_value']}]"
+    lines = (
+        f"wrote {summary['tiles']} tiles of {summary['tile']} px at {summary['mpp']:g} um/px "
+        f"(downsample {summary['downsample']:.3g}) to {output}; pixels: {shares}",
+        f'train with: pathseg train --train {output} --classes "{stored}" --set {ignore}',
+    )
+    for line in lines:
+        console.print(escape(line))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -204,42 +205,174 @@ def evaluate(
 
 def predict(
     run: Annotated[Path, typer.Argument(help="A finished run folder.")],
-    images: Annotated[Path, typer.Argument(help="Folder of images to segment.")],
-    output: Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder (masks/, instances/ and overlays/).")
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Slides (svs, ndpi, mrxs, ome.tif, any image file), or folders of image tiles "
+            "(and/or slides)."
+        ),
     ],
-    overlays: Annotated[bool, typer.Option(help="Also save overlay PNGs.")] = True,
+    output: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    overlays: Annotated[bool, typer.Option(help="Also save overlay PNGs (tiles).")] = True,
+    mpp: Annotated[
+        float | None, typer.Option(help="µm per pixel of the slides (level 0), for slides that record none.")
+    ] = None,
+    model_mpp: Annotated[
+        float | None,
+        typer.Option(help="µm per pixel the model works at, for a run trained without --mpp."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue interrupted slide predictions; skip finished slides.")
+    ] = False,
+    backend: Annotated[
+        str | None, typer.Option(help="Slide reader: openslide, tiffslide or image (default: by file).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Slide tiles per batch.")] = 8,
+    workers: Annotated[int, typer.Option(help="DataLoader processes reading slide tiles.")] = 2,
+    tissue: Annotated[
+        bool, typer.Option(help="Predict slides on detected tissue only (--no-tissue: everywhere).")
+    ] = True,
 ) -> None:
-    """Segment a folder of images: palette PNG class masks, 16-bit instance maps, overlays.
+    """Segment slides and folders of image tiles.
 
-    An image that cannot be read is named and skipped; the others are still written (exit status 2
-    when any was skipped).
+    A slide gives <stem>.ome.tif (pyramidal label mask with the class names), <stem>.geojson
+    (QuPath), <stem>.csv (area per class) and <stem>.thumbnail.png, predicted at the µm/px the model
+    was trained at, in bounded memory. A folder of tiles gives masks/ (palette PNG class indices),
+    instances/ (16-bit) and overlays/. An unreadable image or slide is named and skipped; the others
+    are still written (exit status 2 when any was skipped).
     """
-    from pathseg.data.folders import find_images
     from pathseg.inference.evaluate import predict_paths
     from pathseg.methods.supervised import instance_settings, load_run, window_settings
 
     model, cfg, class_map = load_run(run)
-    paths = find_images(images)
-    written, failures = predict_paths(
-        model,
-        paths,
-        class_map,
-        window_settings(cfg),
-        output,
-        cfg.data.scale,
-        overlays,
-        instances=instance_settings(cfg),
-    )
-    classes = ", ".join(f"{i}={name}" for i, name in enumerate(class_map.names))
-    console.print(
-        f"wrote {len(written)} masks to {output / 'masks'} (pixel values: {classes}) "
-        f"and instance maps to {output / 'instances'}"
-    )
+    slides, tiles = split_slides(inputs)
+    failures = []
+    if tiles:
+        written, failures = predict_paths(
+            model,
+            tiles,
+            class_map,
+            window_settings(cfg),
+            output,
+            cfg.data.scale,
+            overlays,
+            instances=instance_settings(cfg),
+        )
+        classes = ", ".join(f"{i}={name}" for i, name in enumerate(class_map.names))
+        console.print(
+            f"wrote {len(written)} masks to {output / 'masks'} (pixel values: {classes}) "
+            f"and instance maps to {output / 'instances'}"
+        )
+    if slides:
+        failures += _predict_slides(
+            run,
+            model,
+            cfg,
+            class_map,
+            slides,
+            output,
+            mpp,
+            model_mpp,
+            resume,
+            backend,
+            batch_size,
+            workers,
+            tissue,
+        )
     if failures:
         for failure in failures:
             print_error(failure)
         raise typer.Exit(2)
+
+
+def _predict_slides(
+    run, model, cfg, class_map, slides, output, mpp, model_mpp, resume, backend, batch_size, workers, tissue
+) -> list:
+    from pathseg.errors import ConfigError, DataError
+    from pathseg.inference.evaluate import output_folder
+    from pathseg.slides.predict import SlideModel, SlideSettings, output_paths, predict_slide, slide_stem
+    from pathseg.slides.reader import open_slide
+    from pathseg.slides.tissue import TissueSettings
+
+    working_mpp = model_mpp or (cfg.data.mpp / cfg.data.scale if cfg.data.mpp else None)
+    if working_mpp is None:
+        raise ConfigError(
+            f"{run}: the run records no µm per pixel (trained without --mpp); pass --model-mpp "
+            "(the resolution the model should see, e.g. the training images' µm/px divided by the scale)"
+        )
+    network = SlideModel(
+        model,
+        class_map.names,
+        class_map.palette(),
+        working_mpp,
+        cfg.data.crop_size,
+        cfg.eval.overlap,
+        cfg.instances.method,
+    )
+    settings = SlideSettings(batch_size, workers, TissueSettings() if tissue else None)
+    output_folder(output)
+    failures = []
+    for path in slides:
+        if resume and all(
+            p.exists()
+            for k, p in output_paths(output, slide_stem(path)).items()
+            if k in ("mask", "geojson", "csv")
+        ):
+            console.print(f"{path.name}: already predicted, skipped")
+            continue
+        try:
+            slide = open_slide(path, backend)
+            if slide.mpp is None and mpp is not None:  # --mpp fills in what the slide does not say
+                slide.close()
+                slide = open_slide(path, backend, mpp)
+            with slide:
+                result = predict_slide(slide, network, output, settings, resume, str(run))
+        except DataError as err:
+            failures.append(err)
+            continue
+        console.print(
+            f"{path.name}: {result.tiles} tiles in {result.seconds:.0f} s -> {result.mask.name}, "
+            f"{result.geojson.name}, {result.csv.name}, {result.thumbnail.name}"
+        )
+    return failures
+
+
+# Whole-slide formats; inside a folder, other image files (also plain .tif) are tiles, as before.
+SLIDE_SUFFIXES = (
+    ".svs",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".vmu",
+    ".svslide",
+    ".ome.tif",
+    ".ome.tiff",
+)
+
+
+def split_slides(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Slides and tile images among the inputs: a file given by name is a slide; a folder's files
+    with a whole-slide suffix are slides and its other images are tiles."""
+    from pathseg.data.folders import find_images
+    from pathseg.errors import DataError
+
+    slides, tiles = [], []
+    for path in inputs:
+        if path.is_file():
+            slides.append(path)
+            continue
+        if not path.exists():
+            raise DataError(path, "does not exist")
+        inside = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SLIDE_SUFFIXES))
+        slides += inside
+        if not inside:
+            tiles += find_images(path)
+        else:
+            with contextlib.suppress(DataError):  # a folder of slides only has no tiles
+                tiles += [p for p in find_images(path) if p not in inside]
+    return slides, tiles
 
 
 def list_models_command() -> None:

@@ -17,7 +17,9 @@ from pathseg.cli.common import (
     StepsOption,
     console,
     option_pairs,
+    parse_values,
     print_metrics,
+    resume_config,
 )
 from pathseg.errors import ConfigError
 
@@ -70,7 +72,7 @@ def _weak_pairs(
     if classes is not None:
         pairs.append(f"data.classes={json.dumps([c.strip() for c in classes.split(',') if c.strip()])}")
     if ignore is not None:
-        pairs.append(f"data.ignore_values={json.dumps([int(v) for v in ignore.split(',')])}")
+        pairs.append(f"data.ignore_values={json.dumps(parse_values(ignore, '--ignore'))}")
     return pairs + list(overrides or [])
 
 
@@ -88,8 +90,19 @@ def _new_weak_config(config: Path | None, pairs: list[str]):
     return cfg
 
 
+def _resumed_weak_config(config: Path | None, output: Path | None, pairs: list[str]):
+    """The saved config of the run in ``--out`` for ``--resume``: only step counts and budgets may
+    change, so a resumed stage trains what it started."""
+    from pathseg.methods import weak
+
+    cfg = resume_config(weak.WeakConfig, config, output, pairs)
+    weak.check_config(cfg)
+    return cfg
+
+
 def _saved_weak_config(output: Path | None, pairs: list[str]):
-    """The run's saved config; ``--set`` overrides apply on top (e.g. cam.layers before `weak cam`)."""
+    """The run's saved config for a later stage; ``--set`` overrides apply on top (e.g. cam.layers
+    before `weak cam`) without rewriting config.yaml."""
     from pathseg.config import resolve_config
     from pathseg.methods import weak
 
@@ -127,7 +140,7 @@ def weak_classify(
 
     pairs = _weak_pairs(patches, labels_csv, classes, val, test, ignore, mask_folder, seed, output, overrides)
     pairs += option_pairs([("classifier.train.steps", steps)])
-    cfg = _saved_weak_config(output, pairs) if resume else _new_weak_config(config, pairs)
+    cfg = _resumed_weak_config(config, output, pairs) if resume else _new_weak_config(config, pairs)
     write_run_info(Path(cfg.output), to_plain(cfg))
     console.print(f"run folder: [bold]{cfg.output}[/]")
     outcome = weak.train_classifier(cfg, resume=resume)
@@ -154,7 +167,8 @@ def weak_train(
     """Stage 3: train the segmenter on every layer's pseudo masks; evaluate it (gated) on --test."""
     from pathseg.methods import weak
 
-    cfg = _saved_weak_config(output, option_pairs([("segmenter.train.steps", steps)]) + list(overrides or []))
+    pairs = option_pairs([("segmenter.train.steps", steps)]) + list(overrides or [])
+    cfg = _resumed_weak_config(None, output, pairs) if resume else _saved_weak_config(output, pairs)
     outcome = weak.train_segmenter(cfg, resume=resume)
     for name in ("test", "test_ungated"):
         if name in outcome:
@@ -181,7 +195,7 @@ def weak_run(
     from pathseg.methods import weak
 
     pairs = _weak_pairs(patches, labels_csv, classes, val, test, ignore, mask_folder, seed, output, overrides)
-    cfg = _saved_weak_config(output, pairs) if resume else _new_weak_config(config, pairs)
+    cfg = _resumed_weak_config(config, output, pairs) if resume else _new_weak_config(config, pairs)
     console.print(f"run folder: [bold]{cfg.output}[/]")
     outcome = weak.run_all(cfg, resume=resume)
     segmenter = outcome.get("segmenter", {})

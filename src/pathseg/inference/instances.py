@@ -25,7 +25,7 @@ from skimage.segmentation import watershed
 
 from pathseg.data.targets import BOUNDARY, INTERIOR
 
-__all__ = ["InstanceSettings", "separate_objects"]
+__all__ = ["InstanceSettings", "class_probabilities", "separate_objects"]
 
 _EIGHT = ndimage.generate_binary_structure(2, 2)
 
@@ -36,6 +36,19 @@ class InstanceSettings:
     min_area: int = 0
     marker_threshold: float = 0.5
     marker_min_area: int = 0
+
+
+def class_probabilities(probs: np.ndarray, method: str) -> np.ndarray:
+    """The network's output probabilities ``(K, ...)`` as probabilities of the classes.
+
+    The boundary-aware output (background / interior / boundary) is two classes: background and
+    object (interior + boundary), so its argmax is the foreground :func:`separate_objects` uses.
+    """
+    if method != "boundary":
+        return probs
+    if probs.shape[0] != 3:
+        raise ValueError(f"boundary post-processing needs 3 channels, got {probs.shape[0]}")
+    return np.stack([probs[0], probs[INTERIOR] + probs[BOUNDARY]])
 
 
 def separate_objects(probs: np.ndarray, settings: InstanceSettings) -> tuple[np.ndarray, np.ndarray]:

@@ -58,10 +58,18 @@ def overlay(
 
 
 def outline_objects(
-    rgb: np.ndarray, instances: np.ndarray, colour: tuple[int, int, int] = (255, 214, 0)
+    rgb: np.ndarray,
+    instances: np.ndarray,
+    colour: tuple[int, int, int] = (255, 255, 255),
+    edge: tuple[int, int, int] = (25, 25, 25),
 ) -> np.ndarray:
-    """Draw every object's outline, including where two objects touch, so separation is visible."""
+    """Draw every object's outline, including where two objects touch, so separation is visible.
+
+    Two tones: ``colour`` on the object's own border pixels and a dark ``edge`` just outside it, so
+    the outline stands out over any class colour and over bright or dark tissue alike.
+    """
     out = rgb.copy()
+    out[find_boundaries(instances, mode="outer") & (instances == 0)] = edge
     out[find_boundaries(instances, mode="inner") & (instances > 0)] = colour
     return out
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from pathseg.config import to_plain
 from pathseg.engine import write_run_info
+from pathseg.engine.distributed import barrier, setup_distributed
 from pathseg.methods.weak.classifier import train_classifier
 from pathseg.methods.weak.config import WeakConfig, check_config, stage_dirs
 from pathseg.methods.weak.pseudo_masks import generate_pseudo_masks
@@ -28,7 +29,12 @@ def run_all(config: WeakConfig, resume: bool = False, show_progress: bool = True
         outcome["classifier"] = train_classifier(
             config, resume=resume and started, show_progress=show_progress
         )
-    outcome["pseudo_masks"] = generate_pseudo_masks(config, show_progress)
+    # Under torchrun one process writes the pseudo masks and the others wait for them (the training
+    # stages leave the process group, so it is joined again here).
+    dist_info = setup_distributed()
+    if dist_info.is_main:
+        outcome["pseudo_masks"] = generate_pseudo_masks(config, show_progress)
+    barrier(dist_info)
     if not (dirs["segmenter"] / "model.safetensors").exists():
         started = (dirs["segmenter"] / "checkpoints" / "last.json").exists()
         outcome["segmenter"] = train_segmenter(config, resume=resume and started, show_progress=show_progress)

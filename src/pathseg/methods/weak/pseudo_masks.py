@@ -3,6 +3,7 @@ against pixel truth (``PooledScores``) and the CAM figure."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from pathseg.data.patch_labels import (
     label_palette,
 )
 from pathseg.data.transforms import to_tensor
+from pathseg.engine.distributed import DistInfo
 from pathseg.engine.progress import StepProgress
+from pathseg.engine.trainer import resolve_device
 from pathseg.errors import DataError
 from pathseg.inference.cam import grad_cams
 from pathseg.methods.weak.classifier import batches_by_size, load_classifier
@@ -102,7 +105,9 @@ def generate_pseudo_masks(config: WeakConfig, show_progress: bool = True) -> dic
     check_config(config)
     dirs = stage_dirs(config)
     classifier = load_classifier(config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # The classifier's configured device (under torchrun, this process's GPU), as stage 1 trained on.
+    local = DistInfo(local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(config.classifier.train.device, local)
     classifier.to(device)
     samples = discover_patch_labels(config.data.patches, config.data.classes, config.data.labels_csv)
     class_map = patch_class_map(config)
