@@ -197,3 +197,85 @@ def test_glass_only_slide_and_run_without_mpp_are_one_line(
     assert done.returncode == 0, done.stderr[-2000:]
     line = one_line_error(_run_main(["predict", str(plain), str(glass), "--out", str(tmp_path / "o2")]))
     assert str(plain) in line and "--model-mpp" in line
+
+
+def tiny_tile_train_args(tiles: Path, out: Path, classes: str, mpp: str) -> list[str]:
+    """`pathseg train` on a `data tiles` folder: a few steps, the tiles' µm/px recorded."""
+    args = [
+        "train",
+        "--train",
+        str(tiles),
+        "--classes",
+        classes,
+        "--model",
+        "unet_small",
+        "--crop-size",
+        "64",
+    ]
+    args += ["--steps", "3", "-b", "2", "--mpp", mpp, "--out", str(out)]
+    for pair in ("model.base_channels=8", "train.eval_every=3", "data.val_fraction=0.25", "train.threads=1"):
+        args += ["--set", pair]
+    return [*args, "--set", "data.ignore_values=[255]"]
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_tiles_from_drawn_polygons_train_then_predict_the_slide(tmp_path: Path) -> None:
+    """data tiles (a few regions drawn on the CMU slide) -> train -> predict the whole slide."""
+    cmu = shared_data_or_skip("wsi", "cmu-1-small-region.svs")
+    drawn = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "classification": {"name": name}},
+            }
+            for name, ring in (
+                ("gland", [[900, 1200], [1500, 1200], [1500, 1700], [900, 1700], [900, 1200]]),
+                ("background", [[1600, 1200], [2000, 1250], [1950, 1900], [1600, 1800], [1600, 1200]]),
+            )
+        ],
+    }
+    geojson = tmp_path / "drawn.geojson"
+    geojson.write_text(json.dumps(drawn))
+    tiles = tmp_path / "tiles"
+    made = run_cli(["data", "tiles", str(cmu), "--annotations", str(geojson), "--mpp", "2.0", "--tile", "64",
+                    "--classes", "background=0,gland=1", "--out", str(tiles)])  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    masks = [np.asarray(Image.open(p)) for p in sorted((tiles / "masks").glob("*.png"))]
+    assert len(masks) >= 4 and any((m == 255).any() for m in masks)  # unannotated pixels are ignored
+    assert any((m == 1).any() for m in masks) and any((m == 0).any() for m in masks)
+    run = tmp_path / "run"
+    trained = run_cli(tiny_tile_train_args(tiles, run, "background=0,gland=1", "2.0"))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    out = tmp_path / "pred"
+    predicted = run_cli(["predict", str(run), str(cmu), "--out", str(out), "--workers", "0"])
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    for suffix in (".ome.tif", ".geojson", ".csv", ".thumbnail.png"):
+        assert (out / f"cmu-1-small-region{suffix}").exists()
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_tiles_from_monuseg_xml_train_then_predict(tmp_path: Path) -> None:
+    """data tiles (a MoNuSeg image and its nucleus XML, fully annotated) -> train -> predict."""
+    image = shared_data_or_skip("monuseg", "test", "images", "TCGA-2Z-A9J9-01A-01-TS1.webp")
+    xml = shared_data_or_skip("monuseg", "test", "annotations", "TCGA-2Z-A9J9-01A-01-TS1.xml")
+    tiles = tmp_path / "tiles"
+    made = run_cli(["data", "tiles", str(image), "--annotations", str(xml), "--mpp", "0.5",
+                    "--slide-mpp", "0.25", "--tile", "128", "--unannotated", "background", "--default-class", "nucleus",
+                    "--classes", "background=0,nucleus=1", "--out", str(tiles)])  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    run = tmp_path / "run"
+    trained = run_cli(tiny_tile_train_args(tiles, run, "background=0,nucleus=1", "0.5"))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    out = tmp_path / "pred"
+    predicted = run_cli(
+        ["predict", str(run), str(image), "--out", str(out), "--mpp", "0.25", "--workers", "0"]
+    )
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    stem = image.stem
+    with tifffile.TiffFile(out / f"{stem}.ome.tif") as tif:
+        assert tif.series[0].levels[0].shape == (500, 500)  # 1000 px at 0.25 µm/px, predicted at 0.5
+    assert read_label_ome_tiff_classes(out / f"{stem}.ome.tif") == ["background", "nucleus"]

@@ -426,7 +426,9 @@ def _write_outputs(
     settings: SlideSettings,
 ) -> None:
     names, colors = list(model.class_names), [tuple(c) for c in model.colors]
-    write_label_ome_tiff(paths["mask"], labels, class_names=names, colors=colors, mpp=model.mpp)
+    write_label_ome_tiff(
+        paths["mask"], labels, class_names=names, colors=colors, mpp=model.mpp, downsample=downsample
+    )
     shown = [i for i, name in enumerate(names) if name.lower() != "background"]
     polygons = label_polygons(
         labels, downsample=downsample, classes=shown, simplify=settings.simplify * downsample
