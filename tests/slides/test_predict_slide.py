@@ -264,7 +264,8 @@ def test_tiles_from_monuseg_xml_train_then_predict(tmp_path: Path) -> None:
     xml = shared_data_or_skip("monuseg", "test", "annotations", "TCGA-2Z-A9J9-01A-01-TS1.xml")
     tiles = tmp_path / "tiles"
     made = run_cli(["data", "tiles", str(image), "--annotations", str(xml), "--mpp", "0.5",
-                    "--slide-mpp", "0.25", "--tile", "128", "--unannotated", "background", "--default-class", "nucleus",
+                    "--slide-mpp", "0.25", "--tile", "128", "--unannotated", "background",
+                    "--default-class", "nucleus",
                     "--classes", "background=0,nucleus=1", "--out", str(tiles)])  # fmt: skip
     assert made.returncode == 0, made.stderr[-2000:]
     run = tmp_path / "run"
