@@ -10,7 +10,7 @@ One slide, from its file to its outputs::
              <stem>.thumbnail.png (overlay), <stem>.tissue.png / .tissue.geojson
 
 Memory holds a few tiles and the DataLoader's prefetched batches, whatever the slide's size; the
-canvas and the rows shared between strips of tiles live in Zarr stores under ``<stem>.partial/``,
+canvas (Zarr) and the rows shared between strips of tiles (.npy per tile) live under ``<stem>.partial/``,
 removed once the outputs are written. Canvas pixels no tile predicted, and pixels off the tissue
 mask, carry 255 ("not analysed").
 """
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from pathseg.data.transforms import to_tensor
 from pathseg.engine.checkpoint import atomic_write_text
 from pathseg.engine.progress import StepProgress
-from pathseg.errors import DataError
+from pathseg.errors import ConfigError, DataError
 from pathseg.inference.instances import class_probabilities
 from pathseg.report.figures import overlay
 from pathseg.slides.blend import Block, StripBlender, TileGrid, gaussian_weights
@@ -80,6 +80,13 @@ class SlideSettings:
     min_tissue: float = 0.01  # share of a tile that must be tissue for the tile to be predicted
     simplify: float = 0.5  # GeoJSON simplification tolerance, in model pixels
     thumbnail_size: int = 2048
+    # "auto": bf16 autocast on a GPU and on CPUs with native bf16 (AVX512-BF16 / AMX), where it runs
+    # the network 2x faster (pathseg trains under bf16 autocast too); fp32 elsewhere.
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
 
 
 @dataclass
@@ -114,37 +121,37 @@ def slide_stem(path: Path) -> str:
     return path.stem
 
 
-class ZarrCarryStore:
-    """:class:`~pathseg.slides.blend.CarryStore` on disk: one small Zarr array per strip of tiles."""
+class FileCarryStore:
+    """:class:`~pathseg.slides.blend.CarryStore` on disk: one small ``.npy`` file per tile column
+    and strip (``<row>/<col>.npy``), so each tile reads and writes a few hundred KB and nothing
+    the size of a slide's width is ever in memory."""
 
     def __init__(self, folder: Path, grid: TileGrid, channels: int) -> None:
         self.folder, self.grid, self.channels = folder, grid, channels
-        self.width = grid.cols * grid.stride + grid.overlap
         folder.mkdir(parents=True, exist_ok=True)
 
-    def _array(self, row: int, mode: str):
-        import zarr
-
-        shape = (self.channels + 1, self.grid.overlap, self.width)
-        chunks = (self.channels + 1, self.grid.overlap, 1024)
-        path = self.folder / f"{row}.zarr"
-        if mode == "r" and not path.exists():
-            return None
-        return zarr.open_array(path, mode="a", shape=shape, chunks=chunks, dtype="float32", fill_value=0.0)
-
     def read(self, row: int, x0: int, x1: int) -> np.ndarray:
-        array = self._array(row - 1, "r")
-        if array is None:
-            return np.zeros((self.channels + 1, self.grid.overlap, x1 - x0), np.float32)
-        return np.asarray(array[:, :, x0:x1])
+        stride = self.grid.stride
+        out = np.zeros((self.channels + 1, self.grid.overlap, x1 - x0), np.float32)
+        for col in range(x0 // stride, (x1 - 1) // stride + 1):
+            piece = self.folder / str(row - 1) / f"{col}.npy"
+            if not piece.exists():
+                continue  # nothing was predicted there
+            values = np.load(piece)
+            start = col * stride
+            lo, hi = max(x0, start), min(x1, start + values.shape[-1])
+            out[:, :, lo - x0 : hi - x0] = values[:, :, lo - start : hi - start]
+        return out
 
     def write(self, row: int, x0: int, values: np.ndarray) -> None:
-        self._array(row, "a")[:, :, x0 : x0 + values.shape[-1]] = values
+        folder = self.folder / str(row)
+        folder.mkdir(exist_ok=True)
+        np.save(folder / f"{x0 // self.grid.stride}.npy", values)
 
     def drop_before(self, row: int) -> None:
         """Forget the strips that no tile at or after strip ``row`` reads."""
-        for path in self.folder.glob("*.zarr"):
-            if int(path.stem) < row - 1:
+        for path in self.folder.iterdir():
+            if int(path.name) < row - 1:
                 shutil.rmtree(path, ignore_errors=True)
 
 
@@ -241,7 +248,7 @@ def predict_slide(
     with _disk_errors(out_dir):
         state = _open_work(work, fingerprint, resume)
         labels = _label_canvas(work, grid, fresh=state is None)
-        carry = ZarrCarryStore(work / "carry", grid, channels)
+        carry = FileCarryStore(work / "carry", grid, channels)
         blender = StripBlender(grid, channels, carry, gaussian_weights(grid.tile))
         next_tile, next_batch = 0, 0
         if state is not None:
@@ -379,11 +386,25 @@ def _predicted_batches(
         prefetch_factor=2 if workers else None,
     )
     device = next(model.model.parameters()).device
-    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
+    bf16 = settings.precision == "bf16" or (settings.precision == "auto" and native_bf16(device))
+    autocast = torch.autocast(device.type, torch.bfloat16) if bf16 else nullcontext()
+    network = model.model.to(memory_format=torch.channels_last)  # faster convolutions, CPU and GPU
     for batch, images in zip(batches, loader, strict=True):
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast:
-            logits = model.model(images.to(device, non_blocking=True))
+            logits = network(images)
         yield batch, logits.float().cpu().numpy()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 runs natively here: any CUDA device, or a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 class _Finisher:
