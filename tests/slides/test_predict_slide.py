@@ -280,3 +280,37 @@ def test_tiles_from_monuseg_xml_train_then_predict(tmp_path: Path) -> None:
     with tifffile.TiffFile(out / f"{stem}.ome.tif") as tif:
         assert tif.series[0].levels[0].shape == (500, 500)  # 1000 px at 0.25 µm/px, predicted at 0.5
     assert read_label_ome_tiff_classes(out / f"{stem}.ome.tif") == ["background", "nucleus"]
+
+
+def test_a_full_disk_is_one_line_and_the_finished_work_resumes(
+    slide_run: Path, synthetic_slide: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import errno
+
+    from pathseg.errors import DataError
+    from pathseg.methods.supervised import load_run
+    from pathseg.slides.predict import SlideModel, SlideSettings, predict_slide
+    from pathseg.slides.reader import open_slide
+
+    model, cfg, class_map = load_run(slide_run)
+    network = SlideModel(model, class_map.names, class_map.palette(), MODEL_MPP, cfg.data.crop_size)
+    settings = SlideSettings(batch_size=4, workers=0)
+    real_save, saves = np.save, []
+
+    def filling_save(file, *args, **kwargs):
+        saves.append(file)
+        if len(saves) > 40:  # the disk fills up part way through the slide
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(file, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", filling_save)
+    out = tmp_path / "out"
+    with open_slide(synthetic_slide) as slide, pytest.raises(DataError) as caught:
+        predict_slide(slide, network, out, settings, show_progress=False)
+    assert str(out) in str(caught.value) and "disk full" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert (out / "synthetic.partial" / "state.npz").exists()  # finished batches are kept
+    monkeypatch.setattr(np, "save", real_save)
+    with open_slide(synthetic_slide) as slide:
+        predict_slide(slide, network, out, settings, resume=True, show_progress=False)
+    assert (out / "synthetic.ome.tif").exists() and not (out / "synthetic.partial").exists()
