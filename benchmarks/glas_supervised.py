@@ -191,6 +191,7 @@ def run_one(
         "eval_wall_s": round(eval_s, 1),
         "images_per_s": round(result.final_step * BATCH / result.train_seconds, 2),
         "train_images": len(labelled),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -241,7 +242,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None, help="run folders (default: a temporary one)")
+    parser.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="only rewrite the result file's notes and ratios from its records",
+    )
     args = parser.parse_args()
+    if args.rewrite:
+        out = args.out or Path(__file__).resolve().parent / "results" / "glas_supervised.json"
+        write(out, [r for r in json.loads(out.read_text())["records"] if "_vs_" not in r["method"]])
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     _, out, work = run_paths("glas_supervised", args.out, args.work)
@@ -264,11 +274,19 @@ def main() -> None:
 
 def write(out: Path, records: list[dict]) -> None:
     budgets = sorted({r["budget_min"] for r in records})
+    threads = "; ".join(
+        f"{b:g} min: "
+        + ", ".join(sorted({f"{r.get('threads', 2)} thread(s)" for r in records if r["budget_min"] == b}))
+        for b in budgets
+    )
     notes = (
         f"Training budgets {', '.join(f'{b:g}' for b in budgets)} min wall clock per run "
         "(train.budget_minutes: LR schedule by spent time, stop when spent; evaluation not counted); "
         f"images at half resolution ({SCALE}), {CROP} px crops, batch {BATCH}, bf16 autocast, one "
-        "process with 2 threads on a 2-core CPU. Label fractions choose whole patients from grade.csv "
+        f"process on a 2-core CPU, torch threads per budget: {threads} (the 1-thread runs were pinned "
+        "to one core with taskset while the other core did unrelated development work; all methods of "
+        "a budget ran under the same conditions, one after another). Label fractions choose whole "
+        "patients from grade.csv "
         "with the record's seed, the same subset for every method. Metrics on all 60 testA images at "
         "native resolution (predictions at half resolution, probabilities upsampled): dice/iou are "
         "per-image foreground means, global_dice pools all pixels, hd95 and object_hausdorff in native "

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import run_paths, write_results
+from pathseg.slides.predict import native_bf16
 
 SLIDE_MPP, TILE, OVERLAP, BATCH = 0.5, 256, 0.25, 8
 CLASSES = ("background", "tissue_class")
@@ -65,13 +67,17 @@ def peak_rss_mb() -> tuple[float, float]:
     return own, children
 
 
-def run_pathseg(slide_path: Path, out: Path, model_mpp: float, workers: int, tissue: bool) -> dict:
+def run_pathseg(
+    slide_path: Path, out: Path, model_mpp: float, workers: int, tissue: bool, precision: str = "auto"
+) -> dict:
     from pathseg.slides.predict import SlideModel, SlideSettings, predict_slide
     from pathseg.slides.reader import open_slide
     from pathseg.slides.tissue import TissueSettings
 
     network = SlideModel(build_model(), CLASSES, [(0, 0, 0), (230, 159, 0)], model_mpp, TILE, OVERLAP)
-    settings = SlideSettings(BATCH, workers, TissueSettings() if tissue else None, min_tissue=0.01)
+    settings = SlideSettings(
+        BATCH, workers, TissueSettings() if tissue else None, min_tissue=0.01, precision=precision
+    )
     with open_slide(slide_path) as slide:
         result = predict_slide(slide, network, out, settings, show_progress=False)
     summary = json.loads((out / f"{slide_path.stem}.json").read_text())
@@ -101,11 +107,19 @@ def run_monai(slide_path: Path, model_mpp: float) -> dict:
     return {"tiles": tiles, "wall_s": time.perf_counter() - started, "grid_tiles": tiles}
 
 
-def forward_throughput(seconds: float = 20.0) -> float:
-    """Tiles per second of the network alone, on random batches (no reading, blending or writing)."""
+def forward_throughput(precision: str, seconds: float = 20.0) -> float:
+    """Tiles per second of the network alone, on random batches (no reading, blending or writing),
+    run as the slide pipeline runs it (``bf16``: autocast + channels_last) or plainly (``fp32``)."""
+    from contextlib import nullcontext
+
     model = build_model()
     batch = torch.randn(BATCH, 3, TILE, TILE)
-    with torch.no_grad():
+    autocast = nullcontext()
+    if precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16)
+    with torch.no_grad(), autocast:
         model(batch)  # warm-up
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
@@ -119,14 +133,16 @@ def child(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child == "forward":
-        print(json.dumps({"forward_tiles_per_s": forward_throughput()}))
+        print(json.dumps({p: forward_throughput(p) for p in ("bf16", "fp32")}))
         return
     slide = Path(args.slide)
     if args.child == "monai":
         result = run_monai(slide, args.model_mpp)
     else:
         out = Path(args.work) / f"out_{args.child}_{slide.stem}"
-        result = run_pathseg(slide, out, args.model_mpp, args.workers, tissue=args.child == "pathseg")
+        shutil.rmtree(out, ignore_errors=True)  # a fresh prediction, never a resumed one
+        precision = "fp32" if args.child.endswith("fp32") else "auto"
+        result = run_pathseg(slide, out, args.model_mpp, args.workers, args.child == "pathseg", precision)
     own, children = peak_rss_mb()
     print(json.dumps({**result, "peak_rss_mb": own, "workers_peak_rss_mb": children}))
 
@@ -197,8 +213,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     _, out, args.work = run_paths("wsi_inference", args.out, args.work)
-    forward = measure("forward", args)["forward_tiles_per_s"]
-    print(f"network alone: {forward:.1f} tiles/s", flush=True)
+    alone = measure("forward", args)
+    bf16 = native_bf16(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    forward = alone["bf16"] if bf16 else alone["fp32"]  # what the pipeline runs ("auto" precision)
+    print(f"network alone: {alone['bf16']:.1f} tiles/s bf16, {alone['fp32']:.1f} fp32", flush=True)
     records = []
     for size in args.sizes:
         result = measure("pathseg", args, synthetic_slide(args.work, size))
@@ -210,14 +228,20 @@ def main() -> None:
         "pathseg_no_tissue": record(
             "pathseg_no_tissue", args.compare_size, measure("pathseg_all", args, compare), forward
         ),
-        "monai_wsi": record("monai_wsi", args.compare_size, measure("monai", args, compare), forward),
+        "pathseg_no_tissue_fp32": record(
+            "pathseg_no_tissue_fp32",
+            args.compare_size,
+            measure("pathseg_all_fp32", args, compare),
+            alone["fp32"],
+        ),
+        "monai_wsi": record("monai_wsi", args.compare_size, measure("monai", args, compare), alone["fp32"]),
     }
     if runs["pathseg"] is None:
         runs["pathseg"] = record("pathseg", args.compare_size, measure("pathseg", args, compare), forward)
         records.append(runs["pathseg"])
-    records += [runs["pathseg_no_tissue"], runs["monai_wsi"]]
+    records += [runs["pathseg_no_tissue"], runs["pathseg_no_tissue_fp32"], runs["monai_wsi"]]
     monai_wall = runs["monai_wsi"]["wall_s"]
-    for name in ("pathseg", "pathseg_no_tissue"):
+    for name in ("pathseg", "pathseg_no_tissue", "pathseg_no_tissue_fp32"):
         metrics = runs[name]["metrics"]
         metrics["speedup_vs_monai"] = round(monai_wall / runs[name]["wall_s"], 3)
         metrics["tiles_per_s_ratio_vs_monai"] = round(
@@ -233,9 +257,12 @@ def main() -> None:
         f"Synthetic pyramidal slides (JPEG tiles, mpp {SLIDE_MPP}, tissue blobs on glass); network "
         f"resunet_resnet18 (light decoder, random weights), {TILE} px tiles at {args.model_mpp} um/px, "
         f"overlap {OVERLAP}, batch {BATCH}, {args.workers} DataLoader workers, "
-        f"{args.threads or torch.get_num_threads()} torch threads, fp32 on CPU. peak_rss_mb is the "
+        f"{args.threads or torch.get_num_threads()} torch threads; pathseg runs bf16 autocast + "
+        f"channels_last where the device has native bf16 ({'yes' if bf16 else 'no'} here), "
+        "pathseg_no_tissue_fp32 and MONAI run fp32. peak_rss_mb is the "
         "predicting process's own peak (ru_maxrss); workers_peak_rss_mb the largest worker's. "
-        f"The network alone runs {forward:.1f} tiles/s (share_of_forward_throughput). speedup_vs_monai = "
+        f"The network alone runs {alone['bf16']:.1f} tiles/s in bf16 and {alone['fp32']:.1f} in fp32 "
+        "(share_of_forward_throughput divides by the one the record's pipeline uses). speedup_vs_monai = "
         "MONAI wall time / pathseg wall time on the same slide (MONAI runs every tile of the level; "
         "pathseg skips glass, pathseg_no_tissue does not). TIAToolbox: " + TIATOOLBOX
     )

@@ -20,9 +20,7 @@ def test_outline_marks_each_object_border_and_the_seam_between_touching_objects(
     for label in (1, 2):
         region = instances == label
         inner = region.copy()
-        inner[1:-1, 1:-1] &= ~(
-            region[:-2, 1:-1] & region[2:, 1:-1] & region[1:-1, :-2] & region[1:-1, 2:]
-        )
+        inner[1:-1, 1:-1] &= ~(region[:-2, 1:-1] & region[2:, 1:-1] & region[1:-1, :-2] & region[1:-1, 2:])
         expected_white |= inner & region
     assert (white == expected_white).all()
     assert white[2:6, 4].all() and white[2:6, 5].all()

@@ -4,12 +4,8 @@ errors of bad inputs."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
-import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +21,7 @@ from pathseg.slides.annotations import Annotation, rasterize, read_annotations
 from pathseg.slides.reader import open_slide
 from pathseg.slides.tiles import write_annotation_tiles
 from tests.conftest import shared_data_or_skip
+from tests.test_bad_input import pathseg
 
 SLIDE_SIZE = (256, 192)  # width, height
 TUMOUR = [(40.3, 30.6), (120.2, 34.1), (110.7, 100.4), (45.5, 90.2)]
@@ -39,26 +36,8 @@ SKIPPED = [(180.5, 90.5), (200.5, 90.5), (200.5, 110.5), (180.5, 110.5)]  # QuPa
 
 def run_pathseg(*args: str | Path) -> tuple[int, str, str]:
     """``pathseg ARGS`` in-process through the real entry point: (exit status, stdout, stderr)."""
-    from pathseg import cli
-    from pathseg.cli.common import console, err_console
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    old_argv, sys.argv = sys.argv, ["pathseg", *map(str, args)]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            console.file, err_console.file = stdout, stderr
-            try:
-                cli.main()
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
-            except Exception:
-                traceback.print_exc(file=stderr)
-                code = 1
-    finally:
-        sys.argv = old_argv
-        console.file, err_console.file = None, None
-    return code, stdout.getvalue(), stderr.getvalue()
+    result = pathseg(*args)
+    return result.code, result.stdout, result.stderr
 
 
 def one_line_error(result: tuple[int, str, str], *fragments: str) -> str:

@@ -18,6 +18,8 @@ Conventions
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,7 +82,7 @@ def _is_tiff(path: Path) -> bool:
 
 
 @contextmanager
-def _quiet_tifffile() -> Iterator[None]:
+def quiet_tifffile() -> Iterator[None]:
     """tifffile logs every broken tag before raising; the DataError we raise says it once."""
     logger = logging.getLogger("tifffile")
     level = logger.level
@@ -94,7 +96,7 @@ def _quiet_tifffile() -> Iterator[None]:
 def _read_tiff(path: Path) -> np.ndarray:
     """First page of a TIFF as (H, W) or (H, W, C)."""
     try:
-        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
             if not tif.pages:
                 raise _corrupt(path, "no pages")
             page = tif.pages[0]
@@ -264,7 +266,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     _check_file(path)
     try:
         if _is_tiff(path):
-            with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            with quiet_tifffile(), tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
                 return int(page.imagelength), int(page.imagewidth)  # type: ignore[union-attr]
         with Image.open(path) as im:
@@ -358,3 +360,21 @@ def write_image(path: str | Path, rgb: np.ndarray) -> None:
         im.save(path, format="JPEG", quality=95)
     else:
         im.save(path)
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``.
+
+    On any error the temporary file is removed and ``path`` is left as it was. The folder is
+    created when missing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh name rather than mkstemp: mkstemp's file would keep mode 0600 after the rename.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import uuid
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,18 +35,18 @@ import imagecodecs
 import numpy as np
 import tifffile
 
+from pathseg.data.io import atomic_output
 from pathseg.errors import DataError
 
 __all__ = [
     "LabelTiffInfo",
-    "atomic_output",
     "level_shapes",
     "read_label_ome_tiff_classes",
     "read_label_ome_tiff_info",
     "write_label_ome_tiff",
 ]
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = 255  # "not analysed / no label" in every label raster pathseg writes
 """The "no label" value of label rasters (``ClassMap``'s default ``ignore_index``)."""
 _NAMES_KEY = "pathseg.class_names"
 _COLORS_KEY = "pathseg.class_colors"
@@ -67,24 +64,6 @@ class LabelTiffInfo:
     """Microns per pixel of the file's level 0 (None when unknown)."""
     downsample: float | None
     """Level-0 slide pixels per pixel of the file's level 0 (None when not recorded)."""
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``.
-
-    On any error the temporary file is removed and ``path`` is left as it was. The folder is
-    created when missing.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name rather than mkstemp: mkstemp's file would keep mode 0600 after the rename.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def level_shapes(shape: tuple[int, int], min_level_size: int = 512) -> list[tuple[int, int]]:

@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pathseg.data.io import atomic_output
 from pathseg.data.transforms import to_tensor
 from pathseg.engine.checkpoint import atomic_write_text
 from pathseg.engine.progress import StepProgress
@@ -42,7 +43,7 @@ from pathseg.errors import ConfigError, DataError
 from pathseg.inference.instances import class_probabilities
 from pathseg.report.figures import overlay
 from pathseg.slides.blend import Block, StripBlender, TileGrid, gaussian_weights
-from pathseg.slides.ometiff import write_label_ome_tiff
+from pathseg.slides.ometiff import IGNORE_INDEX, write_label_ome_tiff
 from pathseg.slides.reader import Slide
 from pathseg.slides.summary import class_area_table, write_area_csv
 from pathseg.slides.tissue import TissueMask, TissueSettings, detect_tissue
@@ -50,7 +51,7 @@ from pathseg.slides.vectorize import label_polygons, qupath_features, write_geoj
 
 __all__ = ["NOT_ANALYSED", "SlideModel", "SlideOutputs", "SlideSettings", "predict_slide"]
 
-NOT_ANALYSED = 255
+NOT_ANALYSED = IGNORE_INDEX  # 255: glass, and anything no tile predicted
 CHUNK = 512  # label canvas chunks (px): small enough to write a tile's block cheaply
 
 
@@ -482,6 +483,5 @@ def _write_thumbnail(path: Path, labels, slide: Slide, colors, names, size: int)
                 small[np.ix_(take_r, take_c)] = block[np.ix_(rows[take_r] - y0, cols[take_c] - x0)]
     background = next((i for i, name in enumerate(names) if name.lower() == "background"), None)
     picture = overlay(picture, small, list(colors), background=background, ignore_index=NOT_ANALYSED)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(picture).save(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        Image.fromarray(picture).save(tmp, format="PNG")

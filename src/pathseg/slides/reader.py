@@ -21,12 +21,9 @@ images, which have no tiles (a slide-sized PNG is unusual; convert it to a tiled
 from __future__ import annotations
 
 import importlib
-import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +32,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from pathseg.data.io import quiet_tifffile
 from pathseg.errors import ConfigError, DataError
 
 __all__ = ["BACKENDS", "Slide", "SlideMetadataWarning", "open_slide"]
@@ -85,18 +83,6 @@ def _is_tiff_file(path: Path) -> bool:
         return fh.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-@contextmanager
-def _quiet_tifffile() -> Iterator[None]:
-    """tifffile logs every odd tag before raising; the DataError we raise says it once."""
-    logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 _MICRONS_PER_UNIT = {2: 25_400.0, 3: 10_000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
 
 
@@ -113,7 +99,7 @@ def _tiff_resolution_properties(page: Any) -> dict[str, str]:
 def _tiff_resolution_mpp(path: Path) -> tuple[float | None, float | None]:
     """Microns per pixel from the first page's resolution tags (inch or centimetre units only)."""
     try:
-        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
             props = _tiff_resolution_properties(tif.pages[0])
     except Exception:
         return None, None
@@ -280,7 +266,7 @@ class _ImageBackend:
     def _open_tiff(self, path: Path) -> None:
         import zarr
 
-        with _quiet_tifffile():
+        with quiet_tifffile():
             tif = tifffile.TiffFile(path)
             try:
                 series = tif.series[0].levels[0]
@@ -351,7 +337,7 @@ def _open_backend(name: str, path: Path) -> _Backend:
     if missing is not None:
         raise DataError(path, f"{name} is not installed ({missing})")
     try:
-        with _quiet_tifffile():
+        with quiet_tifffile():
             return _BACKEND_CLASSES[name](path)
     except DataError:
         raise

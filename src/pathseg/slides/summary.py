@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from pathseg.slides.ometiff import IGNORE_INDEX, atomic_output
+from pathseg.data.io import atomic_output
+from pathseg.slides.ometiff import IGNORE_INDEX
 
 __all__ = ["class_area_table", "write_area_csv"]
 

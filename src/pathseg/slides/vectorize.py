@@ -45,7 +45,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from shapely.geometry import LinearRing, MultiPolygon, Polygon, mapping
 
-from pathseg.slides.ometiff import IGNORE_INDEX, atomic_output
+from pathseg.data.io import atomic_output
+from pathseg.slides.ometiff import IGNORE_INDEX
 
 __all__ = ["label_polygons", "qupath_features", "write_geojson"]
 
