@@ -232,6 +232,9 @@ def predict(
     tissue: Annotated[
         bool, typer.Option(help="Predict slides on detected tissue only (--no-tissue: everywhere).")
     ] = True,
+    precision: Annotated[
+        str, typer.Option(help="Slides: auto (bf16 where native: GPUs, AVX512-BF16/AMX CPUs), bf16 or fp32.")
+    ] = "auto",
 ) -> None:
     """Segment slides and folders of image tiles.
 
@@ -264,35 +267,24 @@ def predict(
             f"and instance maps to {output / 'instances'}"
         )
     if slides:
-        failures += _predict_slides(
-            run,
-            model,
-            cfg,
-            class_map,
-            slides,
-            output,
-            mpp,
-            model_mpp,
-            resume,
-            backend,
-            batch_size,
-            workers,
-            tissue,
+        from pathseg.slides.predict import SlideSettings
+        from pathseg.slides.tissue import TissueSettings
+
+        network = _slide_model(run, model, cfg, class_map, model_mpp)
+        settings = SlideSettings(
+            batch_size, workers, TissueSettings() if tissue else None, precision=precision
         )
+        failures += _predict_slides(run, network, settings, slides, output, mpp, resume, backend)
     if failures:
         for failure in failures:
             print_error(failure)
         raise typer.Exit(2)
 
 
-def _predict_slides(
-    run, model, cfg, class_map, slides, output, mpp, model_mpp, resume, backend, batch_size, workers, tissue
-) -> list:
-    from pathseg.errors import ConfigError, DataError
-    from pathseg.inference.evaluate import output_folder
-    from pathseg.slides.predict import SlideModel, SlideSettings, output_paths, predict_slide, slide_stem
-    from pathseg.slides.reader import open_slide
-    from pathseg.slides.tissue import TissueSettings
+def _slide_model(run: Path, model, cfg, class_map, model_mpp: float | None):
+    """The network of a run with what slide prediction needs: classes, µm/px, tile, overlap."""
+    from pathseg.errors import ConfigError
+    from pathseg.slides.predict import SlideModel
 
     working_mpp = model_mpp or (cfg.data.mpp / cfg.data.scale if cfg.data.mpp else None)
     if working_mpp is None:
@@ -300,7 +292,7 @@ def _predict_slides(
             f"{run}: the run records no µm per pixel (trained without --mpp); pass --model-mpp "
             "(the resolution the model should see, e.g. the training images' µm/px divided by the scale)"
         )
-    network = SlideModel(
+    return SlideModel(
         model,
         class_map.names,
         class_map.palette(),
@@ -309,7 +301,15 @@ def _predict_slides(
         cfg.eval.overlap,
         cfg.instances.method,
     )
-    settings = SlideSettings(batch_size, workers, TissueSettings() if tissue else None)
+
+
+def _predict_slides(run, network, settings, slides, output, mpp, resume, backend) -> list:
+    """Predict each slide; returns the errors of those that failed (the others are written)."""
+    from pathseg.errors import DataError
+    from pathseg.inference.evaluate import output_folder
+    from pathseg.slides.predict import output_paths, predict_slide, slide_stem
+    from pathseg.slides.reader import open_slide
+
     output_folder(output)
     failures = []
     for path in slides:

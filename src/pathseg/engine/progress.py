@@ -37,6 +37,7 @@ class StepProgress:
         line_every: int = 50,
         budget_s: float | None = None,
         spent_s: float = 0.0,
+        unit: str = "step",
     ) -> None:
         self.total, self.start, self.enabled, self.line_every = total, start, enabled, line_every
         self.budget_s = budget_s
@@ -44,6 +45,7 @@ class StepProgress:
         self.interactive = enabled and self.console.is_terminal
         self.started = time.perf_counter()
         self.description = description
+        self.unit = unit  # what is counted: "step", "tile", ...
         self.bar: Progress | None = None
         if self.interactive:
             self.bar = Progress(
@@ -87,7 +89,7 @@ class StepProgress:
                 done = step - self.start
                 eta, of = (elapsed / done * (self.total - step) if done else 0.0), f"/{self.total}"
             print(
-                f"[{self.description}] step {step}{of} {status} elapsed {_format_seconds(elapsed)} "
+                f"[{self.description}] {self.unit} {step}{of} {status} elapsed {_format_seconds(elapsed)} "
                 f"ETA {_format_seconds(eta)}",
                 file=sys.stderr,
                 flush=True,

@@ -257,7 +257,7 @@ def predict_slide(
         batches = [jobs[i : i + settings.batch_size] for i in range(0, len(jobs), settings.batch_size)]
         finish = _Finisher(labels, tissue, downsample, model.method)
         progress = StepProgress(
-            len(jobs), min(next_batch * settings.batch_size, len(jobs)), stem, show_progress, line_every=64
+            len(jobs), min(next_batch * settings.batch_size, len(jobs)), stem, show_progress, 64, unit="tile"
         )
         for k, (batch, outputs) in enumerate(
             _predicted_batches(slide, grid, batches[next_batch:], downsample, model, settings),
@@ -269,7 +269,9 @@ def predict_slide(
             next_tile, next_batch = batch[-1] + 1, k + 1
             _save_state(work, next_tile, next_batch, blender.right)
             carry.drop_before(grid.position(next_tile)[0] if next_tile < len(grid) else grid.rows)
-            progress.update(min(next_batch * settings.batch_size, len(jobs)), f"{len(grid)} tiles in grid")
+            progress.update(
+                min(next_batch * settings.batch_size, len(jobs)), f"on tissue ({len(grid)} in grid)"
+            )
         for index in range(next_tile, len(grid)):  # glass after the last tissue tile
             finish(blender.add(index, None))
         progress.close()
