@@ -141,21 +141,25 @@ def _kept_pixels(ignore: Any, shape: tuple[int, ...]) -> np.ndarray:
             raise ValueError(f"ignore mask shape {ig.shape} differs from the masks' {shape}")
         keep = ~_as_binary(ig, "ignore").ravel()
     if not keep.any():
-        raise ValueError(f"no pixels to score: the masks are {shape} and the ignore mask covers them all")
+        why = "" if ignore is None else " and the ignore mask covers them all"
+        raise ValueError(f"no pixels to score: the masks are {shape}{why}")
     return keep
 
 
 def _flatten(stack: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """``(K, H, W)`` -> ``(K, P)`` over the kept pixels."""
-    return stack.reshape(len(stack), -1)[:, keep]
+    flat = stack.reshape(len(stack), -1)
+    return flat if keep.all() else flat[:, keep]
 
 
-def _prepare(samples: Any, annotators: Any, ignore: Any) -> tuple[np.ndarray, np.ndarray]:
+def _prepare(
+    samples: Any, annotators: Any, ignore: Any, names: tuple[str, str] = ("samples", "annotators")
+) -> tuple[np.ndarray, np.ndarray]:
     """Check both stacks and return them flattened to ``(N, P)`` and ``(M, P)`` over kept pixels."""
-    s = _as_stack(samples, "samples")
-    y = _as_stack(annotators, "annotators")
+    s = _as_stack(samples, names[0])
+    y = _as_stack(annotators, names[1])
     if s.shape[1:] != y.shape[1:]:
-        raise ValueError(f"samples {s.shape} and annotators {y.shape} differ in image size")
+        raise ValueError(f"{names[0]} {s.shape} and {names[1]} {y.shape} differ in image size")
     keep = _kept_pixels(ignore, s.shape[1:])
     return _flatten(s, keep), _flatten(y, keep)
 
@@ -191,12 +195,12 @@ def iou(a: Any, b: Any, ignore: Any = None) -> float:
     keep = _kept_pixels(ignore, ma.shape)
     ma, mb = ma.ravel()[keep], mb.ravel()[keep]
     union = np.count_nonzero(ma | mb)
-    return 1.0 if union == 0 else np.count_nonzero(ma & mb) / union
+    return 1.0 if union == 0 else float(np.count_nonzero(ma & mb) / union)
 
 
 def pairwise_distances(a: Any, b: Any, ignore: Any = None) -> np.ndarray:
     """``(len(a), len(b))`` matrix of ``d = 1 - IoU`` between two stacks of masks (``(K, H, W)``)."""
-    fa, fb = _prepare(a, b, ignore)
+    fa, fb = _prepare(a, b, ignore, names=("a", "b"))
     return 1.0 - _iou_matrix(fa, fb)
 
 
@@ -283,13 +287,13 @@ def hm_iou(samples: Any, annotators: Any, ignore: Any = None) -> float:
 
 
 def combined_sensitivity(samples: Any, annotators: Any, ignore: Any = None) -> float:
-    """``S_c = TP / (TP + FN)`` of the samples' union against the annotators' union; 1 if the latter is empty."""
+    """``S_c = TP / (TP + FN)`` of the samples' union against the annotators' union (1 if that is empty)."""
     s, y = _prepare(samples, annotators, ignore)
     predicted = s.any(axis=0)
     truth = y.any(axis=0)
     tp = np.count_nonzero(predicted & truth)
     fn = np.count_nonzero(truth & ~predicted)
-    return 1.0 if tp + fn == 0 else tp / (tp + fn)
+    return 1.0 if tp + fn == 0 else float(tp / (tp + fn))
 
 
 def max_dice_matching(samples: Any, annotators: Any, ignore: Any = None) -> float:
@@ -336,12 +340,14 @@ def _combine_ci(s_c: float, d_max: float, d_a: float, formula: str) -> float:
     parts = (s_c, d_max, d_a)
     if formula == "harmonic":
         # A zero part sends 1/x to infinity, so the harmonic mean's limit is 0.
-        return 0.0 if min(parts) <= 0 else 3.0 / sum(1.0 / p for p in parts)
+        return 0.0 if min(parts) <= 0 else float(3.0 / sum(1.0 / p for p in parts))
     total = sum(parts)
-    return 0.0 if total == 0 else 3.0 * s_c * d_max * d_a / total
+    return 0.0 if total == 0 else float(3.0 * s_c * d_max * d_a / total)
 
 
-def ci_score(samples: Any, annotators: Any, formula: str = "harmonic", ignore: Any = None) -> dict[str, float]:
+def ci_score(
+    samples: Any, annotators: Any, formula: str = "harmonic", ignore: Any = None
+) -> dict[str, float]:
     """Collective Insight and its parts: ``{"ci", "s_c", "d_max", "d_a"}``.
 
     ``formula="harmonic"`` (default): ``3 / (1/s_c + 1/d_max + 1/d_a)``, the paper's harmonic
@@ -374,9 +380,9 @@ def calibration_error(soft_mean: Any, annotators: Any, bins: int = 10, ignore: A
     p = np.asarray(soft_mean, dtype=np.float64)
     if p.shape != y.shape[1:]:
         raise ValueError(f"soft_mean {p.shape} and annotators {y.shape} differ in image size")
+    keep = _kept_pixels(ignore, p.shape)
     if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
         raise ValueError("soft_mean must hold probabilities in [0, 1] (finite)")
-    keep = _kept_pixels(ignore, p.shape)
     p = p.ravel()[keep]
     f = _flatten(y, keep).mean(axis=0)
 
