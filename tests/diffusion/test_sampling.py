@@ -372,3 +372,47 @@ def test_sample_with_tiny_unet() -> None:
     assert out.shape == (1, 3, 16, 16)
     assert torch.isfinite(out).all()
     assert out.abs().max().item() <= 1.0 + 1e-6  # final step returns the clipped x0 estimate
+
+
+# ---------------------------------------------------------------------------------------------
+# learned variance
+
+
+def test_learned_variance_ddpm_at_the_ends_matches_the_fixed_variances() -> None:
+    """v = -1 is beta~ (diffusers' fixed_small) and v = +1 is beta (fixed_large), step for step."""
+    from diffusers import DDPMScheduler
+
+    schedule = NoiseSchedule.named("linear", 200)
+    mean_model = gaussian_denoiser(schedule)
+    noise = normal((2, 1, 8, 8), 3)
+    for v, fixed in ((-1.0, "fixed_small"), (1.0, "fixed_large")):
+
+        def learned(x, t, cond, v=v):
+            eps = mean_model(x, t, cond)
+            return torch.cat([eps, torch.full_like(eps, v)], dim=1)
+
+        sampler = Sampler(
+            schedule, "epsilon", SamplerConfig(method="ddpm", steps=50), None, learned_variance=True
+        )
+        got = sampler.sample(learned, noise=noise, generator=torch.Generator().manual_seed(0))
+        reference = Sampler(schedule, "epsilon", SamplerConfig(method="ddpm", steps=50), None)
+        reference.scheduler = DDPMScheduler.from_config(reference.scheduler.config, variance_type=fixed)
+        reference.scheduler.set_timesteps(50)
+        want = reference.sample(mean_model, noise=noise, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_learned_variance_ddim_uses_the_mean_half_only() -> None:
+    schedule = NoiseSchedule.named("linear", 200)
+    mean_model = gaussian_denoiser(schedule)
+
+    def learned(x, t, cond):
+        eps = mean_model(x, t, cond)
+        return torch.cat([eps, torch.randn_like(eps)], dim=1)  # v must not matter
+
+    noise = normal((2, 1, 8, 8), 4)
+    got = Sampler(schedule, "epsilon", SamplerConfig(steps=20), None, learned_variance=True).sample(
+        learned, noise=noise
+    )
+    want = Sampler(schedule, "epsilon", SamplerConfig(steps=20), None).sample(mean_model, noise=noise)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -95,6 +95,9 @@ class Sampler:
         config: method, number of steps, eta, spacing.
         clip_sample: clip predicted ``x0`` to ``[-clip_sample, clip_sample]`` at every step; None
             disables (data not in [-1, 1]).
+        learned_variance: the network outputs ``2C`` channels, the mean part and the learned-range
+            variance ``v`` (:mod:`pathseg.diffusion.variance`): DDPM steps use the learned variance
+            (diffusers' ``learned_range``), DDIM steps use the mean part only.
 
     Example:
         >>> from pathseg.diffusion import NoiseSchedule
@@ -110,9 +113,11 @@ class Sampler:
         prediction: Prediction,
         config: SamplerConfig | None = None,
         clip_sample: float | None = 1.0,
+        learned_variance: bool = False,
     ) -> None:
         from diffusers import DDIMScheduler, DDPMScheduler  # ~4 s import: only when sampling
 
+        self.learned_variance = learned_variance
         self.schedule = schedule
         self.prediction = prediction
         self.config = config or SamplerConfig()
@@ -131,7 +136,8 @@ class Sampler:
         if self.config.method == "ddim":
             self.scheduler = DDIMScheduler(**common)  # used for its timestep list only
         else:
-            self.scheduler = DDPMScheduler(**common, variance_type="fixed_small")
+            variance = "learned_range" if learned_variance else "fixed_small"
+            self.scheduler = DDPMScheduler(**common, variance_type=variance)
         self.scheduler.set_timesteps(steps)
 
     @property
@@ -171,6 +177,8 @@ class Sampler:
             batch_t = torch.full((x.shape[0],), t, device=device)
             output = denoise(model, x, batch_t, condition, guidance).float()
             if self.config.method == "ddim":
+                if self.learned_variance:
+                    output = output[:, : output.shape[1] // 2]  # DDIM needs only the mean part
                 x0_hat, eps_hat = self.schedule.split_prediction(self.prediction, output, x, batch_t)
                 if self.clip_sample is not None:
                     x0_hat = x0_hat.clamp(-self.clip_sample, self.clip_sample)
