@@ -40,6 +40,7 @@ TINY: dict[str, dict[str, Any]] = {
     "resunet_resnet18": {"decoder_channels": (16, 16, 8, 8, 8)},
     "resunet_resnet34": {"decoder_channels": (16, 16, 8, 8, 8)},
     "cam_resnet50": {"output_stride": 16},
+    "prob_unet": {"base_channels": 8, "channel_mults": (1, 2), "norm_groups": 4, "encoder_filters": (8, 16)},
 }
 
 
@@ -84,6 +85,10 @@ class TestEveryModel:
         if _image_level(model):
             labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
             nn.functional.binary_cross_entropy_with_logits(model(_batch()), labels).backward()
+        elif hasattr(model, "elbo_terms"):  # probabilistic models: the posterior runs only in training
+            target = torch.randint(0, NUM_CLASSES, (2, SIZE, SIZE))
+            terms = model(_batch(), mask=target)
+            (nn.functional.cross_entropy(terms["logits"], target) + terms["kl"]).backward()
         else:
             target = torch.randint(0, NUM_CLASSES, (2, SIZE, SIZE))
             nn.functional.cross_entropy(model(_batch()), target).backward()

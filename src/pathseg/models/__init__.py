@@ -1,5 +1,5 @@
 """Segmentation networks: a name registry, U-Net (segmenter / diffusion denoiser),
-DeepLabV3+ and a ResNet-encoder U-Net.
+DeepLabV3+, a ResNet-encoder U-Net and the Probabilistic U-Net.
 
 Example:
     >>> from pathseg.models import create_model, list_models
@@ -14,12 +14,14 @@ from pathseg.models.unet import UNet  # isort: skip
 from pathseg.models.deeplab import DeepLabV3Plus, ResNetEncoder  # isort: skip
 from pathseg.models.resunet import ResUNet  # isort: skip
 from pathseg.models.classifier import CAMClassifier  # isort: skip
+from pathseg.models.prob_unet import ProbUNet  # isort: skip
 from pathseg.models.weights import load_weights, model_from_file, read_config, save_weights  # isort: skip
 
 __all__ = [
     "MODELS",
     "CAMClassifier",
     "DeepLabV3Plus",
+    "ProbUNet",
     "ResNetEncoder",
     "ResUNet",
     "UNet",

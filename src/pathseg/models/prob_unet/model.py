@@ -16,8 +16,8 @@ class indices with ``ignore_index`` for unlabelled pixels; latents ``(B, latent_
 Precision: CIMD's release keeps its encoders in float64. Here they use the default dtype (float32),
 which is enough: an encoder returns ``2 * latent_dim`` numbers per image, and the diagonal-Gaussian
 KL built from them is exact to ~1e-7 relative, far below the noise of a stochastic gradient. Under
-bf16 autocast the distribution parameters are cast back to float32 before the KL, so mixed precision
-does not degrade it either; ``.double()`` still gives float64 for anyone who wants it.
+bf16 autocast the encoders' last 1x1 conv runs in float32, so mu, sigma and the KL stay float32;
+``.double()`` still gives float64 for anyone who wants it.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def one_hot_mask(mask: Tensor, num_classes: int, ignore_index: int = 255) -> Ten
                 [0., 1., 0.]])
     """
     if mask.ndim != 3 or mask.dtype.is_floating_point or mask.dtype == torch.bool:
-        raise ValueError(f"mask must be (B, H, W) integer class indices, got {tuple(mask.shape)} {mask.dtype}")
+        raise ValueError(
+            f"mask must be (B, H, W) integer class indices, got {tuple(mask.shape)} {mask.dtype}"
+        )
     labelled = mask != ignore_index
     bad = labelled & ((mask < 0) | (mask >= num_classes))
     if bad.any():
@@ -93,7 +95,9 @@ def sample_latents(dist: Independent, n: int, generator: torch.Generator | None 
 
     ``torch.distributions`` cannot take a generator, so the draw is ``mu + sigma * eps`` with
     ``eps`` from ``generator``; gradients flow to ``mu`` and ``sigma``. The noise is drawn on the
-    generator's device and moved, so a CPU generator gives the same z on any device.
+    generator's device and moved, so a CPU generator gives the same z on any device. Draw ``i``
+    takes the generator's ``i``-th ``(B, latent_dim)`` block, so with equally seeded generators
+    ``n = 5`` begins with the ``n = 3`` draws.
 
     Args:
         dist: ``Independent(Normal(mu, sigma), 1)`` with batch shape ``(B,)``.
@@ -104,11 +108,13 @@ def sample_latents(dist: Independent, n: int, generator: torch.Generator | None 
         Latents of ``mu``'s dtype and device.
     """
     mu, sigma = dist.base_dist.loc, dist.base_dist.scale
-    shape = (n, *mu.shape)
     if generator is None:
-        eps = torch.randn(shape, device=mu.device, dtype=mu.dtype)
+        eps = torch.randn((n, *mu.shape), device=mu.device, dtype=mu.dtype)
     else:
-        eps = torch.randn(shape, generator=generator, device=generator.device).to(mu.device, mu.dtype)
+        # One call per draw: torch's normal sampler takes a different path for larger tensors, so
+        # a single (n, B, L) call would not start with the numbers of an (n', B, L) one.
+        blocks = [torch.randn(mu.shape, generator=generator, device=generator.device) for _ in range(n)]
+        eps = torch.stack(blocks).to(mu.device, mu.dtype)
     return mu + sigma * eps
 
 
@@ -179,12 +185,14 @@ class AxisAlignedGaussianEncoder(nn.Module):
             )
         if min(x.shape[-2:]) < self.min_size:
             raise ValueError(
-                f"AxisAlignedGaussianEncoder needs H and W >= {self.min_size}, got {x.shape[-2]}x{x.shape[-1]}"
+                f"AxisAlignedGaussianEncoder needs H and W >= {self.min_size}, "
+                f"got {x.shape[-2]}x{x.shape[-1]}"
             )
         pooled = self.body(x).mean(dim=(2, 3), keepdim=True)
-        stats = self.head(pooled).flatten(1)
-        if stats.dtype in (torch.float16, torch.bfloat16):
-            stats = stats.float()  # autocast: keep the KL in full precision
+        # The head is tiny; outside autocast it gives mu and sigma (and so the KL) in the module's
+        # own precision instead of bf16's three significant digits.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            stats = self.head(pooled.to(self.head.weight.dtype)).flatten(1)
         mu, log_sigma = stats.chunk(2, dim=1)
         return Independent(Normal(mu, torch.exp(log_sigma)), 1)
 
@@ -283,7 +291,7 @@ class ProbUNet(nn.Module):
             num_res_blocks=num_res_blocks,
             norm_groups=norm_groups,
         )
-        self.backbone.head = nn.Identity()
+        self.backbone.head = nn.Identity()  # Fcomb makes the logits from the features and z
         self.prior = AxisAlignedGaussianEncoder(in_channels, latent_dim, encoder_filters, convs_per_block)
         self.posterior = AxisAlignedGaussianEncoder(
             in_channels + num_classes, latent_dim, encoder_filters, convs_per_block
@@ -338,12 +346,12 @@ class ProbUNet(nn.Module):
             if z is not None or generator is not None:
                 raise ValueError("with mask (the training pass) z comes from the posterior; drop z/generator")
             return self.elbo_terms(image, mask, ignore_index)
-        features = self.backbone(image)
         if z is None:
             prior = self.prior(image)
             z = prior.mean if generator is None else sample_latents(prior, 1, generator)[0]
-        self._check_z(z, image.shape[0])
-        return self.fcomb(features, z)
+        else:
+            self._check_z(z, image.shape[0])
+        return self.fcomb(self.backbone(image), z)
 
     def elbo_terms(self, image: Tensor, mask: Tensor, ignore_index: int = 255) -> dict[str, Tensor]:
         """The training pass: reconstruction logits with z ~ q(z|x,y) and the KL to the prior.
@@ -391,6 +399,11 @@ def prob_unet_loss(
     The cross-entropy is the mean over labelled pixels (0 when none is labelled); the KL is per
     image, averaged over the batch. The model is called as ``model(image, mask=mask)`` so that a
     DistributedDataParallel wrapper works too.
+
+    Choosing ``beta``: the paper's ELBO *sums* the cross-entropy over pixels, which with the mean
+    used here is ``beta = 1 / (labelled pixels per image)`` (1e-3 at 32x32, 1.5e-5 at 256x256).
+    ``beta = 1`` weighs the KL that many times more; on a toy two-annotator set the posterior
+    then learns to ignore the mask and the samples lose most of their spread.
 
     Args:
         model: A :class:`ProbUNet` (or a wrapper around one).
