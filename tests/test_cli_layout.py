@@ -16,7 +16,7 @@ import pathseg
 from pathseg import cli
 
 SRC = Path(pathseg.__file__).parent
-EXPECTED = {"train", "evaluate", "predict", "models", "pretrain", "demo", "data", "weak"}
+EXPECTED = {"train", "evaluate", "predict", "models", "pretrain", "demo", "data", "weak", "ambiguous"}
 NOT_COMMAND_MODULES = {"__init__", "__main__", "common"}
 
 
