@@ -250,7 +250,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.rewrite:
         out = args.out or Path(__file__).resolve().parent / "results" / "glas_supervised.json"
-        write(out, [r for r in json.loads(out.read_text())["records"] if "_vs_" not in r["method"]])
+        previous = json.loads(out.read_text())
+        write(out, [r for r in previous["records"] if "_vs_" not in r["method"]])
+        rewritten = json.loads(out.read_text())
+        rewritten["command"] = previous["command"]  # the runs' commands, not this rewrite's
+        out.write_text(json.dumps(rewritten, indent=2) + "\n")
         return
     if args.threads:
         torch.set_num_threads(args.threads)
