@@ -3,12 +3,9 @@ on 8 synthetic 32 px tiles with 4 annotators and a tiny CIMD network (a few seco
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ from safetensors.torch import load_file
 from pathseg.data.io import read_label_image
 from pathseg.metrics.ambiguity import ged
 from tests.conftest import shared_data_or_skip
+from tests.test_bad_input import pathseg
 
 TINY = [
     "--set",
@@ -58,23 +56,8 @@ ANNOTATORS = ("dilate", "drop_small", "erode", "merge")
 
 def run_main(args: list[str]) -> tuple[int, str]:
     """The real entry point in-process: (exit status, what it printed on stderr)."""
-    from pathseg import cli
-    from pathseg.cli.common import err_console
-
-    stderr, stdout = io.StringIO(), io.StringIO()
-    old, sys.argv = sys.argv, ["pathseg", *args]
-    code = 0
-    try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
-            err_console.file = stderr
-            try:
-                cli.main()
-            except SystemExit as exit_:
-                code = exit_.code or 0
-    finally:
-        sys.argv = old
-        err_console.file = None
-    return code, stderr.getvalue()
+    result = pathseg(*args)
+    return result.code, result.stderr
 
 
 def train_args(data: Path, out: Path, steps: int = 4) -> list[str]:
