@@ -247,13 +247,30 @@ def main() -> None:
         action="store_true",
         help="only rewrite the result file's notes and ratios from its records",
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only fold the records of these result files (runs made in parallel with their own "
+        "--out) into the result file, replacing records of the same method, fraction, seed and budget",
+    )
     args = parser.parse_args()
-    if args.rewrite:
+    if args.rewrite or args.merge:
         out = args.out or Path(__file__).resolve().parent / "results" / "glas_supervised.json"
         previous = json.loads(out.read_text())
-        write(out, [r for r in previous["records"] if "_vs_" not in r["method"]])
+        records = [r for r in previous["records"] if "_vs_" not in r["method"]]
+        commands = [previous["command"]]  # the runs' commands, not this rewrite's
+        for other in args.merge or []:
+            merged = json.loads(other.read_text())
+            commands.append(merged["command"])
+            for record in merged["records"]:
+                if "_vs_" not in record["method"]:
+                    records = [r for r in records if record_key(r) != record_key(record)]
+                    records.append(record)
+        write(out, records)
         rewritten = json.loads(out.read_text())
-        rewritten["command"] = previous["command"]  # the runs' commands, not this rewrite's
+        rewritten["command"] = "; ".join(dict.fromkeys(commands))
         out.write_text(json.dumps(rewritten, indent=2) + "\n")
         return
     if args.threads:
@@ -266,14 +283,16 @@ def main() -> None:
     for fraction in args.fractions:
         for name in args.methods:
             record = run_one(name, args.recipe, fraction, args.seed, args.budget_min, args.data, work)
-            key = (record["method"], record["label_fraction"], record["seed"], record["budget_min"])
-            records = [
-                r for r in records if (r["method"], r["label_fraction"], r["seed"], r["budget_min"]) != key
-            ]
+            records = [r for r in records if record_key(r) != record_key(record)]
             records.append(record)
             write(out, records)
     write(out, records)
     print(f"wrote {out}")
+
+
+def record_key(record: dict) -> tuple:
+    """What a rerun replaces: the same method, label fraction, seed and budget."""
+    return record["method"], record["label_fraction"], record["seed"], record["budget_min"]
 
 
 def write(out: Path, records: list[dict]) -> None:

@@ -181,6 +181,25 @@ def test_the_same_seed_gives_the_same_masks(run: Path, data: Path, sampled: Path
     assert differs  # another seed draws other masks
 
 
+def test_a_run_with_test_images_reports_their_metrics_and_panels_worst_first(
+    data: Path, tmp_path: Path
+) -> None:
+    from tests.report.test_report_paths import references, resolve
+
+    out = tmp_path / "tested"
+    ok([*train_args(data, out, steps=2), "--test", str(data)])
+    rows = list(csv.DictReader((out / "test" / "per_image.csv").open()))
+    worst_first = [r["name"] for r in sorted(rows, key=lambda r: -float(r["ged"]))]
+    report = out / "report.html"
+    page = report.read_text()
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    assert f"{metrics['ged']:.4f}" in page and "hm_iou" in page
+    panels = [Path(url).name for url in references(report).images if url.endswith("_panel.png")]
+    assert panels == [f"{name}_panel.png" for name in worst_first]
+    for url in references(report).images:  # the learning curve and every panel open
+        assert resolve(report, url).is_file(), url
+
+
 def last_ema(run_dir: Path) -> dict[str, torch.Tensor]:
     last = json.loads((run_dir / "checkpoints" / "last.json").read_text())
     return load_file(str(run_dir / "checkpoints" / last["dir"] / "ema.safetensors"))

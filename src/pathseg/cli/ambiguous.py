@@ -110,6 +110,7 @@ def ambiguous_train(
         _print_summary(outcome["test"], f"test ({outcome['test']['images']} images)")
         console.print(f"test samples and metrics: {Path(cfg.output) / 'test'}")
     console.print(f"model: {Path(cfg.output) / 'model.safetensors'}")
+    console.print(f"report: [bold]{outcome['report']}[/]")
 
 
 def ambiguous_sample(

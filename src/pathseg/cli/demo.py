@@ -1,4 +1,5 @@
-"""``pathseg demo``: synthetic data -> train -> evaluate -> report (optionally with pretraining)."""
+"""``pathseg demo``: synthetic data -> train -> evaluate -> report (optionally with pretraining
+and with ambiguous segmentation from several synthetic annotators)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ def demo(
             "(masks unused), fine-tune it, and compare with the same network from random init.",
         ),
     ] = 0,
+    ambiguous_steps: Annotated[
+        int,
+        typer.Option(
+            "--ambiguous",
+            help="Also train CIMD for this many steps on synthetic tiles with four annotators of "
+            "different styles, and show its sampled masks and uncertainty in the report.",
+        ),
+    ] = 0,
 ) -> None:
     """Synthetic data -> train -> evaluate -> HTML report, in a few minutes on a laptop CPU."""
     import shutil
@@ -40,8 +49,9 @@ def demo(
 
     started = time.perf_counter()
     data_dir = output / "data"
-    total = 4 if pretrain_steps else 3
-    for folder in (data_dir, output / "run", output / "pretrain", output / "run_pretrained"):
+    total = 3 + bool(pretrain_steps) + bool(ambiguous_steps)
+    runs = ("run", "pretrain", "run_pretrained", "ambiguous")
+    for folder in (data_dir, *(output / name for name in runs)):
         if folder.exists():
             shutil.rmtree(folder)
     console.print(f"1/{total} generating {num_images} synthetic H&E tiles in {data_dir}")
@@ -74,6 +84,8 @@ def demo(
     sections = []
     if pretrain_steps:
         sections = _demo_pretrained(output, data_dir, common, pretrain_steps, outcome, total)
+    if ambiguous_steps:
+        sections += _demo_ambiguous(output, ambiguous_steps, 3 + bool(pretrain_steps), total)
     console.print(f"{total}/{total} evaluating on held-out tiles and writing the report")
     elapsed = time.perf_counter() - started
     intro = (
@@ -139,6 +151,65 @@ def _demo_pretrained(
         + image_tag(pretrain_dir / "samples.png", run_dir, "samples from the pretrained denoiser")
     )
     return [("Diffusion pretraining vs random initialisation", body)]
+
+
+def _demo_ambiguous(output: Path, steps: int, stage: int, total: int) -> list[tuple[str, str]]:
+    """Train a small CIMD on tiles with four annotator styles, sample the test tiles, return the
+    report section."""
+    from pathseg.config import resolve_config
+    from pathseg.data.synthetic import SynthConfig, write_multi_annotator_dataset
+    from pathseg.methods import ambiguous
+    from pathseg.report.html import image_tag, link_tag, table
+
+    data_dir = output / "data" / "ambiguous"
+    size = 96  # small tiles: the whole tile is one training crop, and sampling stays quick
+    console.print(f"{stage}/{total} generating tiles with four annotators' masks in {data_dir}")
+    # different generator seeds give different tiles and pseudo-patients: no leak into the test
+    write_multi_annotator_dataset(data_dir / "train", 48, seed=1, config=SynthConfig(size=size))
+    write_multi_annotator_dataset(data_dir / "test", 6, seed=2, config=SynthConfig(size=size))
+    run_dir = output / "ambiguous"
+    cfg = resolve_config(
+        ambiguous.AmbiguousConfig,
+        None,
+        [
+            f"data.train={data_dir / 'train'}",
+            f"data.test={data_dir / 'test'}",
+            f"data.crop_size={size}",
+            "data.val_fraction=0.1",
+            "model.base_channels=16",
+            "model.channel_mults=[1, 2, 2]",
+            "model.encoder_filters=[16, 32, 64]",
+            "model.latent_dim=4",
+            f"train.steps={steps}",
+            "train.batch_size=8",
+            "train.lr=1e-3",
+            "train.warmup_steps=20",
+            "train.ema_decay=0.99",
+            f"train.eval_every={max(steps // 4, 1)}",
+            f"train.checkpoint_every={max(steps // 4, 1)}",
+            "sample.samples=8",
+            "sample.steps=20",
+            f"output={run_dir}",
+        ],
+    )
+    console.print(f"   training CIMD for {steps} steps, then drawing 8 masks per test tile")
+    outcome = ambiguous.train(cfg)
+    test = outcome.get("test", {})
+    keys = ["ged", "hm_iou", "ci", "ece"]
+    panels = sorted((run_dir / "test").glob("*_panel.png"))[:2]
+    run = output / "run"
+    body = (
+        "<p>Four synthetic annotators outline the same glands in their own styles (one draws wide, "
+        "one tight, one skips small glands, one merges neighbours). CIMD, a diffusion model of "
+        f"masks with a learned prior over annotator styles, trained for {steps} steps, draws 8 "
+        "masks per held-out tile; where the annotators disagree its samples should too. GED: "
+        "lower is better; HM-IoU and CI: higher is better; ece: calibration error of the "
+        "samples' mean against the annotators' votes "
+        f"({link_tag(run_dir / 'report.html', run, 'its report')}).</p>"
+        + table([{"metric": k, "value": test[k]} for k in keys if k in test])
+        + "".join(image_tag(p, run, p.stem.removesuffix("_panel")) for p in panels)
+    )
+    return [("Ambiguous segmentation: many plausible masks (CIMD)", body)]
 
 
 def _split_demo_data(full: Path, data_dir: Path, test_fraction: float) -> None:

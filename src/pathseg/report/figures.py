@@ -135,8 +135,8 @@ def learning_curves(metrics_file: Path, out_png: Path, monitor: str = "dice") ->
             [r["step"] for r in val], [r[monitor] for r in val], "o-", color="#2e7d32", label=f"val {label}"
         )
         ax_val.set_ylabel(f"validation {label}")
-        if "loss" not in monitor:
-            ax_val.set_ylim(0, 1)
+        if "loss" not in monitor and all(0 <= r[monitor] <= 1 for r in val):
+            ax_val.set_ylim(0, 1)  # a score in [0, 1] is read against its whole range
     handles = [line for axis in fig.axes for line in axis.get_lines()]
     ax_loss.legend(  # above the axes: never over the curves
         handles,

@@ -54,8 +54,10 @@ from pathseg.methods.ambiguous.network import CIMDNetwork, sample_masks
 from pathseg.metrics.ambiguity import AmbiguityEvaluator, uncertainty_maps
 from pathseg.models.weights import load_weights, read_config
 from pathseg.report.figures import image_grid, overlay
+from pathseg.report.run_report import ReportLayout
 
 __all__ = [
+    "REPORT_LAYOUT",
     "draw_masks",
     "find_sample_inputs",
     "image_generator",
@@ -68,6 +70,18 @@ __all__ = [
 ]
 
 _PANEL_TILE = 384  # panel tiles are shown at most this many pixels wide or high
+
+# How a run report shows the test samples this module writes.
+REPORT_LAYOUT = ReportLayout(
+    headline=("ged", "hm_iou", "ci", "s_c", "d_max", "d_a", "ece"),
+    per_image=("ged", "hm_iou", "ci", "ece", "seconds"),
+    rank_by="ged",
+    higher_is_better=False,
+    figures="*_panel.png",
+    figure_suffix="_panel",
+    figure_note="each panel: the image and the annotators' masks | the first samples | the share of "
+    "samples calling a pixel foreground, their variance and entropy (brighter: less agreement)",
+)
 
 
 # ---------------------------------------------------------------------------- the run

@@ -6,7 +6,8 @@ iteration) -> :class:`~pathseg.methods.ambiguous.network.CIMDNetwork` ->
 :func:`~pathseg.engine.fit` with :func:`~pathseg.methods.ambiguous.network.cimd_loss` (one
 optimizer step per batch, the run ends at ``train.steps``) -> validation GED on a few whole
 images -> ``model.safetensors`` (EMA weights of the best checkpoint) -> with ``data.test``,
-sampled and scored into ``<run>/test/`` by :mod:`pathseg.methods.ambiguous.sample`.
+sampled and scored into ``<run>/test/`` by :mod:`pathseg.methods.ambiguous.sample` ->
+``report.html`` (learning curve, test metrics, the panels worst GED first).
 
 The run folder holds what every pathseg run holds (``config.yaml``, ``environment.json``,
 ``splits.json``, ``checkpoints/``, ``metrics.jsonl``) and ``inference.json`` (classes, scale,
@@ -47,6 +48,7 @@ from pathseg.methods.ambiguous.config import (
 )
 from pathseg.methods.ambiguous.network import CIMDNetwork, cimd_loss
 from pathseg.methods.ambiguous.sample import (
+    REPORT_LAYOUT,
     draw_masks,
     image_generator,
     make_sampler,
@@ -54,6 +56,7 @@ from pathseg.methods.ambiguous.sample import (
     scored_annotators,
 )
 from pathseg.metrics.ambiguity import AmbiguityEvaluator
+from pathseg.report.run_report import build_run_report
 
 __all__ = ["AmbiguousSplits", "build_network", "detect_layout", "prepare_splits", "train"]
 
@@ -224,4 +227,7 @@ def train(config: AmbiguousConfig, resume: bool = False, show_progress: bool = T
         outcome["test"] = sample_inputs(
             final, config, class_map, splits.test, True, run_dir / "test", config.sample, run_dir
         )
+    if is_main_process():
+        title = f"pathseg ambiguous run {run_dir.name}" + (" (faithful)" if config.faithful else "")
+        outcome["report"] = str(build_run_report(run_dir, title, monitor="ged", layout=REPORT_LAYOUT))
     return outcome
