@@ -237,13 +237,25 @@ def baseline_masks(method: str, model: nn.Module, image: np.ndarray, n: int, see
     return np.repeat(answer[None], n, axis=0)
 
 
-def score(draw, test: MultiAnnotatorDataset, class_map: ClassMap, limit: int | None = None):
+def center_crop(array: np.ndarray, size: int | None) -> np.ndarray:
+    """The central ``size`` x ``size`` window of an ``(H, W, ...)`` array (all of it if smaller)."""
+    if size is None:
+        return array
+    top, left = max(0, (array.shape[0] - size) // 2), max(0, (array.shape[1] - size) // 2)
+    return array[top : top + size, left : left + size]
+
+
+def score(
+    draw, test: MultiAnnotatorDataset, class_map: ClassMap, limit: int | None = None, crop: int | None = None
+):
     """Metric means over the test images and mean seconds per image; ``draw(image, stem)`` gives
-    ``(N, H, W)`` class indices at the working resolution (foreground: class index > 0)."""
+    ``(N, H, W)`` class indices at the working resolution (foreground: class index > 0). With
+    ``crop`` only the central ``crop`` x ``crop`` window of every image is sampled and scored."""
     evaluator = AmbiguityEvaluator(include_diagonal=True, ci_formula="harmonic")
     seconds = []
     for index in range(len(test) if limit is None else min(limit, len(test))):
         image, masks = test.load(index)
+        image, masks = np.ascontiguousarray(center_crop(image, crop)), center_crop(masks, crop)
         stem = test.samples[index].stem
         started = time.perf_counter()
         drawn = draw(image, stem)
@@ -287,7 +299,7 @@ def sampler_curve(model, config: AmbiguousConfig, test, class_map, args, seed: i
         def draw(image, stem, sampler=sampler):
             return draw_masks(model, image, 1.0, sampler, args.samples, image_generator(seed, stem))
 
-        metrics, per_image = score(draw, test, class_map, args.settings.curve_images)
+        metrics, per_image = score(draw, test, class_map, args.settings.curve_images, args.curve_crop)
         print(f"   cimd {method} {steps:4d} evaluations: GED {metrics['ged']:.4f}, {per_image:.2f} s/image")
         records.append(
             record(
@@ -350,7 +362,9 @@ def notes(args) -> str:
         f"{args.samples} samples are copies of one argmax. Metrics: N={args.samples} samples per "
         "image, GED is the squared distance with i=j pairs, CI the harmonic mean, ece of the "
         "samples' mean vs the annotators' frequency. Sampler records (curve: true) use the first "
-        f"seed's cimd model on its first {s.curve_images} test images; seconds_per_image is the wall "
+        f"seed's cimd model on its first {s.curve_images} test images"
+        + (f" (their central {args.curve_crop} px only)" if args.curve_crop else "")
+        + "; seconds_per_image is the wall "
         f"time of drawing {args.samples} masks for one image."
         + (" QUICK smoke run: tiny models and budgets, not a result." if args.quick else "")
         + (" Reduced for a 2-core CPU." if not torch.cuda.is_available() else "")
@@ -412,6 +426,13 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=None, help="held-out images per split")
     parser.add_argument("--cimd-steps", type=int, default=None, help="DDIM evaluations for cimd's scores")
     parser.add_argument("--curve-images", type=int, default=None, help="test images of the sampler curve")
+    parser.add_argument(
+        "--curve-crop",
+        type=int,
+        default=None,
+        help="sample the curve on the central CROP x CROP pixels of each image (working resolution): "
+        "DDPM's T evaluations cost minutes per image on a CPU",
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (a few minutes on one core)")
     parser.add_argument("--threads", type=int, default=None)

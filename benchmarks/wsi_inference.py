@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import run_paths, write_results
-from pathseg.slides.predict import native_bf16
+from pathseg.inference.precision import native_bf16
 
 SLIDE_MPP, TILE, OVERLAP, BATCH = 0.5, 256, 0.25, 8
 CLASSES = ("background", "tissue_class")

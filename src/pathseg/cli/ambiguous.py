@@ -129,6 +129,10 @@ def ambiguous_sample(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", "-b", help="Samples per forward pass.")
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32 (default: the run's)."),
+    ] = None,
     seed: SeedOption = None,
     layout: LayoutOption = None,
     pool: PoolOption = None,
@@ -154,6 +158,7 @@ def ambiguous_sample(
         seed,
         eta=eta,
         batch_size=batch_size,
+        precision=precision,
         layout=layout,
         pool=pool or "experts",
         allow_missing=allow_missing,

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from pathseg.engine.checkpoint import atomic_write_text
 from pathseg.engine.progress import StepProgress
 from pathseg.errors import ConfigError, DataError
 from pathseg.inference.instances import class_probabilities
+from pathseg.inference.precision import PRECISIONS, inference_autocast
 from pathseg.report.figures import overlay
 from pathseg.slides.blend import Block, StripBlender, TileGrid, gaussian_weights
 from pathseg.slides.ometiff import IGNORE_INDEX, write_label_ome_tiff
@@ -86,7 +87,7 @@ class SlideSettings:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.precision not in ("auto", "bf16", "fp32"):
+        if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
 
 
@@ -389,25 +390,13 @@ def _predicted_batches(
         prefetch_factor=2 if workers else None,
     )
     device = next(model.model.parameters()).device
-    bf16 = settings.precision == "bf16" or (settings.precision == "auto" and native_bf16(device))
-    autocast = torch.autocast(device.type, torch.bfloat16) if bf16 else nullcontext()
+    autocast = inference_autocast(device, settings.precision)
     network = model.model.to(memory_format=torch.channels_last)  # faster convolutions, CPU and GPU
     for batch, images in zip(batches, loader, strict=True):
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = network(images)
         yield batch, logits.float().cpu().numpy()
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 runs natively here: any CUDA device, or a CPU with AVX512-BF16 or AMX."""
-    if device.type == "cuda":
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 class _Finisher:

@@ -122,6 +122,8 @@ class SampleSection(Strict):
     steps: int = Field(default=50, ge=1)
     eta: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=16, ge=1)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """The network's number format: bf16 autocast where the hardware runs it natively (``auto``)."""
     seed: int = 0
     include_diagonal: bool = True
     """GED with the ``i = j`` pairs (MoSE-AUSeg / CIMD practice); False: the unbiased form."""

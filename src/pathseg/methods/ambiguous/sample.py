@@ -49,6 +49,7 @@ from pathseg.data.transforms import resize_pair, to_tensor
 from pathseg.diffusion import Sampler, SamplerConfig
 from pathseg.errors import ConfigError, DataError
 from pathseg.inference.evaluate import output_folder
+from pathseg.inference.precision import inference_autocast
 from pathseg.methods.ambiguous.config import AmbiguousConfig, SampleSection, class_map_from_info
 from pathseg.methods.ambiguous.network import CIMDNetwork, sample_masks
 from pathseg.metrics.ambiguity import AmbiguityEvaluator, uncertainty_maps
@@ -157,22 +158,27 @@ def draw_masks(
     n: int,
     generator: torch.Generator,
     batch_size: int = 16,
+    precision: str = "auto",
 ) -> np.ndarray:
     """``n`` masks ``(n, H, W)`` (``uint8`` class indices) for a native ``uint8`` RGB image.
 
     The image is resized by ``scale``, padded to the denoiser's size multiple, sampled in chunks
     of ``batch_size`` (each chunk draws its own z and noise from ``generator``, so the result
     depends on the seed and the chunk size only), cropped back and upsampled to the native size.
+    ``precision`` is the network's (:func:`~pathseg.inference.precision.inference_autocast`); the
+    sampler's arithmetic stays in float32.
     """
     height, width = image.shape[:2]
     scaled, _ = resize_pair(image, None, scale)
     x = to_tensor(np.ascontiguousarray(scaled)).unsqueeze(0)
     multiple = model.denoiser.size_multiple
     min_size = max(model.prior_net.min_size, model.posterior_net.min_size)
-    padded = _pad_to(x, multiple, min_size).to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    padded = _pad_to(x, multiple, min_size).to(device)
     chunks = []
     for start in range(0, n, batch_size):
-        masks, _ = sample_masks(model, padded, min(batch_size, n - start), sampler, generator)
+        with inference_autocast(device, precision):
+            masks, _ = sample_masks(model, padded, min(batch_size, n - start), sampler, generator)
         chunks.append(masks[:, 0, : x.shape[-2], : x.shape[-1]].cpu())
     masks = torch.cat(chunks).float().unsqueeze(1)
     native = F.interpolate(masks, size=(height, width), mode="nearest-exact")
@@ -324,6 +330,7 @@ def sample_inputs(
             settings.samples,
             image_generator(settings.seed, sample.stem),
             settings.batch_size,
+            settings.precision,
         )
         row: dict[str, Any] = {"name": sample.stem, "seconds": round(time.perf_counter() - started, 4)}
         if masks is not None:
@@ -388,6 +395,7 @@ def sample_images(
     *,
     eta: float | None = None,
     batch_size: int | None = None,
+    precision: str | None = None,
     layout: str | None = None,
     pool: str = "experts",
     allow_missing: bool = False,
@@ -401,7 +409,7 @@ def sample_images(
     model, config = load_ambiguous_run(run_dir)
     class_map = run_class_map(run_dir)
     given = {"samples": samples, "method": sampler, "steps": steps, "seed": seed, "eta": eta}
-    given["batch_size"] = batch_size
+    given |= {"batch_size": batch_size, "precision": precision}
     settings = _settings(config, {k: v for k, v in given.items() if v is not None})
     found, annotated = find_sample_inputs(images, layout, pool, allow_missing)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

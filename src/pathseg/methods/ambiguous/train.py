@@ -157,7 +157,15 @@ def _validation(config: AmbiguousConfig, splits: AmbiguousSplits):
             if len(truth) < 2:
                 continue
             generator = image_generator(config.train.seed, sample.stem)
-            drawn = draw_masks(model, image, config.data.scale, sampler, config.validation.samples, generator)
+            drawn = draw_masks(
+                model,
+                image,
+                config.data.scale,
+                sampler,
+                config.validation.samples,
+                generator,
+                precision=config.sample.precision,
+            )
             evaluator.update(drawn > 0, truth, sample.stem, ignore=ignore)
         summary = evaluator.summary()
         return {key: summary[key] for key in ("ged", "hm_iou", "ci")}
