@@ -424,6 +424,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="masks drawn per test image (N)")
     parser.add_argument("--scale", type=float, default=None, help="working resolution / native")
     parser.add_argument("--test-images", type=int, default=None, help="held-out images per split")
+    parser.add_argument("--crop", type=int, default=None, help="training crop side at the working resolution")
     parser.add_argument("--cimd-steps", type=int, default=None, help="DDIM evaluations for cimd's scores")
     parser.add_argument("--curve-images", type=int, default=None, help="test images of the sampler curve")
     parser.add_argument(
@@ -445,7 +446,7 @@ def main() -> None:
     args.budget_min = args.budget_min or (0.1 if args.quick else 8.0)
     args.samples = args.samples or (4 if args.quick else 16)
     args.scale = args.scale or (0.125 if args.quick else 0.25)
-    for key in ("test_images", "cimd_steps", "curve_images"):
+    for key in ("crop", "test_images", "cimd_steps", "curve_images"):
         if getattr(args, key):
             setattr(args.settings, key, getattr(args, key))
     if args.threads:
