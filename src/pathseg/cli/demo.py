@@ -85,7 +85,7 @@ def demo(
     if pretrain_steps:
         sections = _demo_pretrained(output, data_dir, common, pretrain_steps, outcome, total)
     if ambiguous_steps:
-        sections += _demo_ambiguous(output, ambiguous_steps, 3 + bool(pretrain_steps), total)
+        sections += _demo_ambiguous(output, ambiguous_steps, num_images, 3 + bool(pretrain_steps), total)
     console.print(f"{total}/{total} evaluating on held-out tiles and writing the report")
     elapsed = time.perf_counter() - started
     intro = (
@@ -153,7 +153,9 @@ def _demo_pretrained(
     return [("Diffusion pretraining vs random initialisation", body)]
 
 
-def _demo_ambiguous(output: Path, steps: int, stage: int, total: int) -> list[tuple[str, str]]:
+def _demo_ambiguous(
+    output: Path, steps: int, num_images: int, stage: int, total: int
+) -> list[tuple[str, str]]:
     """Train a small CIMD on tiles with four annotator styles, sample the test tiles, return the
     report section."""
     from pathseg.config import resolve_config
@@ -165,8 +167,9 @@ def _demo_ambiguous(output: Path, steps: int, stage: int, total: int) -> list[tu
     size = 96  # small tiles: the whole tile is one training crop, and sampling stays quick
     console.print(f"{stage}/{total} generating tiles with four annotators' masks in {data_dir}")
     # different generator seeds give different tiles and pseudo-patients: no leak into the test
-    write_multi_annotator_dataset(data_dir / "train", 48, seed=1, config=SynthConfig(size=size))
-    write_multi_annotator_dataset(data_dir / "test", 6, seed=2, config=SynthConfig(size=size))
+    config = SynthConfig(size=size)
+    write_multi_annotator_dataset(data_dir / "train", num_images, seed=1, config=config)
+    write_multi_annotator_dataset(data_dir / "test", max(2, num_images // 8), seed=2, config=config)
     run_dir = output / "ambiguous"
     cfg = resolve_config(
         ambiguous.AmbiguousConfig,
@@ -209,7 +212,9 @@ def _demo_ambiguous(output: Path, steps: int, stage: int, total: int) -> list[tu
         "masks per held-out tile; where the annotators disagree its samples should too. GED: "
         "lower is better; HM-IoU and CI: higher is better; ece: calibration error of the "
         "samples' mean against the annotators' votes "
-        f"({link_tag(run_dir / 'report.html', run, 'its report')}).</p>"
+        f"({link_tag(run_dir / 'report.html', run, 'its report')}). A diffusion segmenter learns "
+        "to read the image slowly: after a few hundred steps its samples are rough and do not yet "
+        "follow the glands; thousands of steps are needed.</p>"
         + table([{"metric": k, "value": test[k]} for k in keys if k in test])
         + "".join(image_tag(p, run, p.stem.removesuffix("_panel")) for p in panels)
     )
