@@ -102,3 +102,33 @@ def test_sampling_is_reproducible_by_seed(faithful: bool) -> None:
     assert a.shape == (4, 2, SIZE, SIZE) and soft_a.shape == (2, SIZE, SIZE)
     assert torch.equal(a, b) and torch.equal(soft_a, soft_b) and not torch.equal(a, c)
     assert torch.equal(soft_a, (a > 0).float().mean(dim=0))
+
+
+def test_the_x0_objective_learns_the_mask_from_the_image() -> None:
+    """With prediction="sample" the network's mean output is the mask itself: after a short
+    training, from pure noise at the last timestep, it outlines the square the image shows."""
+    torch.set_num_threads(1)
+    model = tiny()
+    schedule = NoiseSchedule.named("cosine", 100)
+    generator = torch.Generator().manual_seed(1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(80):
+        image, mask = two_annotator_batch(generator)
+        loss, _ = cimd_loss(model, image, mask, schedule, 1.0, generator=generator, prediction="sample")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    image, _ = two_annotator_batch(generator, batch=4)
+    with torch.no_grad():
+        z = model.prior(image).mean
+        noise = torch.randn((4, 1, SIZE, SIZE), generator=generator)
+        t = torch.full((4,), 99)
+        x0_hat = model(torch.cat([noise, image], dim=1), t, z)[:, :1]
+    inside, outside = x0_hat[:, 0, 6:10, 6:10], x0_hat[:, 0, :2, :]
+    assert inside.mean() > 0.5 and outside.mean() < -0.5, (inside.mean(), outside.mean())
+
+
+def test_faithful_mode_refuses_the_x0_objective() -> None:
+    image, mask = two_annotator_batch(torch.Generator().manual_seed(0), batch=2)
+    with pytest.raises(ValueError, match="epsilon"):
+        cimd_loss(tiny(faithful=True), image, mask, NoiseSchedule.named("linear", 100), prediction="sample")

@@ -181,8 +181,16 @@ def check_config(config: AmbiguousConfig) -> None:
     if config.data.train is None:
         raise ConfigError("data.train is not set: give a multi-annotator folder (--train PATH)")
     diffusion = config.diffusion
+    if diffusion.prediction not in ("epsilon", "sample"):
+        raise ConfigError(
+            f"diffusion.prediction={diffusion.prediction!r}: CIMD predicts epsilon (the release) or "
+            "sample (the mask x0)"
+        )
+    if config.faithful and diffusion.prediction != "epsilon":
+        raise ConfigError(
+            "faithful=true reproduces the release, which predicts epsilon: drop diffusion.prediction"
+        )
     ignored = {
-        "prediction": (diffusion.prediction, "epsilon"),
         "loss": (diffusion.loss, "mse"),
         "weighting": (diffusion.weighting, "uniform"),
         "condition_dropout": (diffusion.condition_dropout, 0.0),
@@ -190,7 +198,7 @@ def check_config(config: AmbiguousConfig) -> None:
     for key, (value, supported) in ignored.items():
         if value != supported:
             raise ConfigError(
-                f"diffusion.{key}={value!r} is not used by CIMD's objective (epsilon, MSE, uniform "
+                f"diffusion.{key}={value!r} is not used by CIMD's objective (MSE, uniform "
                 f"t, no condition dropout); remove it or set {supported!r}"
             )
     model = config.model

@@ -116,10 +116,11 @@ def run_class_map(run_dir: Path) -> ClassMap:
 
 
 def make_sampler(config: AmbiguousConfig, method: str, steps: int, eta: float = 0.0) -> Sampler:
-    """A sampler for the run's schedule; the network outputs epsilon and a learned variance."""
+    """A sampler for the run's schedule; the network outputs epsilon (or x0, with
+    ``diffusion.prediction: sample``) and a learned variance."""
     return Sampler(
         config.diffusion.noise_schedule(),
-        "epsilon",
+        config.diffusion.prediction,
         SamplerConfig(method=method, steps=steps, eta=eta),
         config.diffusion.clip_sample,
         learned_variance=True,

@@ -212,7 +212,15 @@ def train(config: AmbiguousConfig, resume: bool = False, show_progress: bool = T
     weight = kl_weight(config)
 
     def loss_fn(net: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        return cimd_loss(net, batch["image"], batch["mask"], schedule, weight, class_map.ignore_index)
+        return cimd_loss(
+            net,
+            batch["image"],
+            batch["mask"],
+            schedule,
+            weight,
+            class_map.ignore_index,
+            prediction=config.diffusion.prediction,
+        )
 
     result = fit(
         model,
