@@ -178,6 +178,7 @@ def train_cimd(args, settings: Settings, train_set: list[MultiSample], seed: int
         f"train.seed={seed}",
         f"sample.steps={settings.cimd_steps}",
         f"output={run_dir}",
+        *args.cimd_set,
     ]
     config = resolve_config(AmbiguousConfig, None, overrides)
     outcome = train(config, show_progress=False)
@@ -366,6 +367,7 @@ def notes(args) -> str:
         + (f" (their central {args.curve_crop} px only)" if args.curve_crop else "")
         + "; seconds_per_image is the wall "
         f"time of drawing {args.samples} masks for one image."
+        + (f" cimd overrides: {', '.join(args.cimd_set)}." if args.cimd_set else "")
         + (" QUICK smoke run: tiny models and budgets, not a result." if args.quick else "")
         + (" Reduced for a 2-core CPU." if not torch.cuda.is_available() else "")
     )
@@ -433,6 +435,14 @@ def main() -> None:
         default=None,
         help="sample the curve on the central CROP x CROP pixels of each image (working resolution): "
         "DDPM's T evaluations cost minutes per image on a CPU",
+    )
+    parser.add_argument(
+        "--cimd-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for cimd (as `pathseg ambiguous train --set`), "
+        "e.g. diffusion.prediction=sample",
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (a few minutes on one core)")
