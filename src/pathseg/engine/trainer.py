@@ -130,6 +130,16 @@ class FitResult:
     train_seconds: float = 0.0
     """Wall time spent in training steps over the whole run (resumes included)."""
 
+    def summary(self) -> dict[str, Any]:
+        """The run folder, best validation score, final step and training time, as a method's
+        ``train`` returns them (JSON-ready)."""
+        return {
+            "run_dir": str(self.run_dir),
+            "best": self.best,
+            "final_step": self.final_step,
+            "train_seconds": self.train_seconds,
+        }
+
 
 def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
     if name == "auto":

@@ -203,12 +203,7 @@ def train(
         resume=resume,
         show_progress=show_progress,
     )
-    outcome: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "best": result.best,
-        "final_step": result.final_step,
-        "train_seconds": result.train_seconds,
-    }
+    outcome: dict[str, Any] = result.summary()
     if splits.test and is_main_process():
         evaluator = evaluate_samples(
             result.model.eval(),
