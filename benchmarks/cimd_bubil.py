@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import run_paths, write_results
+from _results import RESULTS, run_paths, write_results
 from pathseg.config import resolve_config
 from pathseg.data.annotators import (
     MultiAnnotatorDataset,
@@ -70,7 +70,7 @@ from pathseg.engine import TrainerConfig, fit
 from pathseg.losses import build_loss
 from pathseg.methods.ambiguous import AmbiguousConfig, load_ambiguous_run, train
 from pathseg.methods.ambiguous.sample import draw_masks, image_generator, make_sampler, scored_annotators
-from pathseg.metrics.ambiguity import AmbiguityEvaluator
+from pathseg.metrics.ambiguity import AmbiguityEvaluator, calibration_error
 from pathseg.models import create_model
 from pathseg.models.prob_unet import ProbUNet, make_prob_unet_loss
 
@@ -78,7 +78,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (
     Path(os.environ.get("PATHSEG_SHARED_DATA", REPO.parent / "shared" / "data")) / "bubil" / "Dataset1"
 )
-METHODS = ("cimd", "prob_unet", "deterministic")
+# CIMD variants: the config overrides over ``pathseg ambiguous train``'s defaults. ``cimd`` keeps the
+# paper's objective (the network predicts the noise epsilon); ``cimd_x0`` predicts the clean mask.
+CIMD_VARIANTS = {"cimd": [], "cimd_x0": ["diffusion.prediction=sample"]}
+METHODS = (*CIMD_VARIANTS, "prob_unet", "deterministic")
+RELIABILITY_BINS = 10
 REPORTED = ("ged", "hm_iou", "ci", "s_c", "d_max", "d_a", "ece", "ged_cross", "ged_within_samples")
 IGNORE_VALUES = [24]
 DDIM_CURVE = (250, 100, 50, 20, 10)
@@ -157,9 +161,9 @@ def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------- training
 
 
-def train_cimd(args, settings: Settings, train_set: list[MultiSample], seed: int, work: Path):
-    """CIMD through ``pathseg.methods.ambiguous.train``; returns (network, config, fit outcome)."""
-    run_dir = work / f"cimd_{seed}"
+def train_cimd(args, variant: str, settings: Settings, train_set: list[MultiSample], seed: int, work: Path):
+    """CIMD through ``pathseg.methods.ambiguous.train``; returns (fit outcome, config)."""
+    run_dir = work / f"{variant}_{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     folder = link_bubil_folder(train_set, work / f"data_{seed}" / "train")
     overrides = [
@@ -178,6 +182,7 @@ def train_cimd(args, settings: Settings, train_set: list[MultiSample], seed: int
         f"train.seed={seed}",
         f"sample.steps={settings.cimd_steps}",
         f"output={run_dir}",
+        *CIMD_VARIANTS[variant],
         *args.cimd_set,
     ]
     config = resolve_config(AmbiguousConfig, None, overrides)
@@ -254,6 +259,7 @@ def score(
     ``crop`` only the central ``crop`` x ``crop`` window of every image is sampled and scored."""
     evaluator = AmbiguityEvaluator(include_diagonal=True, ci_formula="harmonic")
     seconds = []
+    bins = np.zeros((3, RELIABILITY_BINS))  # pixels, sum of p, sum of annotator frequency
     for index in range(len(test) if limit is None else min(limit, len(test))):
         image, masks = test.load(index)
         image, masks = np.ascontiguousarray(center_crop(image, crop)), center_crop(masks, crop)
@@ -263,8 +269,21 @@ def score(
         seconds.append(time.perf_counter() - started)
         truth, ignore = scored_annotators(masks, class_map.ignore_index)
         evaluator.update(drawn > 0, truth, stem, ignore=ignore)
+        calibration = calibration_error((drawn > 0).mean(axis=0), truth, RELIABILITY_BINS, ignore)
+        counts = calibration["bin_counts"]
+        bins += [
+            counts,
+            np.nan_to_num(calibration["bin_predicted"]) * counts,
+            np.nan_to_num(calibration["bin_observed"]) * counts,
+        ]
     summary = evaluator.summary()
-    return {k: summary[k] for k in REPORTED}, float(np.mean(seconds))
+    reliability = {
+        "bin_edges": np.linspace(0, 1, RELIABILITY_BINS + 1).round(3).tolist(),
+        "pixels": bins[0].astype(int).tolist(),
+        "predicted": [round(float(p / n), 4) if n else None for n, p in zip(*bins[:2], strict=True)],
+        "observed": [round(float(f / n), 4) if n else None for n, f in zip(bins[0], bins[2], strict=True)],
+    }
+    return {k: summary[k] for k in REPORTED}, float(np.mean(seconds)), reliability
 
 
 # ---------------------------------------------------------------------------- records
@@ -289,7 +308,9 @@ def record(method: str, seed: int, metrics: dict, outcome: dict, args, test_set,
     }
 
 
-def sampler_curve(model, config: AmbiguousConfig, test, class_map, args, seed: int, outcome, test_set):
+def sampler_curve(
+    variant: str, model, config: AmbiguousConfig, test, class_map, args, seed: int, outcome, test_set
+):
     """GED and time per image of the seed's CIMD model for DDPM (all T) and DDIM step counts."""
     total = config.diffusion.num_steps
     settings = [("ddpm", total)] + [("ddim", k) for k in DDIM_CURVE if k <= total]
@@ -300,11 +321,11 @@ def sampler_curve(model, config: AmbiguousConfig, test, class_map, args, seed: i
         def draw(image, stem, sampler=sampler):
             return draw_masks(model, image, 1.0, sampler, args.samples, image_generator(seed, stem))
 
-        metrics, per_image = score(draw, test, class_map, args.settings.curve_images, args.curve_crop)
-        print(f"   cimd {method} {steps:4d} evaluations: GED {metrics['ged']:.4f}, {per_image:.2f} s/image")
+        metrics, per_image, _ = score(draw, test, class_map, args.settings.curve_images, args.curve_crop)
+        print(f"   {variant} {method} {steps:4d} evals: GED {metrics['ged']:.4f}, {per_image:.2f} s/img")
         records.append(
             record(
-                "cimd",
+                variant,
                 seed,
                 metrics,
                 outcome,
@@ -313,6 +334,7 @@ def sampler_curve(model, config: AmbiguousConfig, test, class_map, args, seed: i
                 sampler=method,
                 network_evaluations=steps,
                 seconds_per_image=round(per_image, 3),
+                prediction=config.diffusion.prediction,
                 curve=True,
             )
         )
@@ -325,15 +347,19 @@ def plot_curve(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axis = plt.subplots(figsize=(5.2, 3.6), dpi=110)
-    for sampler, style in (("ddim", "o-"), ("ddpm", "s")):
-        rows = sorted((r for r in records if r["sampler"] == sampler), key=lambda r: r["network_evaluations"])
-        axis.plot(
-            [r["network_evaluations"] for r in rows],
-            [r["metrics"]["ged"] for r in rows],
-            style,
-            label=sampler.upper(),
-        )
+    fig, axis = plt.subplots(figsize=(5.6, 3.8), dpi=110)
+    for variant, colour in zip(CIMD_VARIANTS, ("tab:blue", "tab:orange"), strict=True):
+        for sampler, style in (("ddim", "o-"), ("ddpm", "s")):
+            rows = [r for r in records if r["method"] == variant and r["sampler"] == sampler]
+            rows.sort(key=lambda r: r["network_evaluations"])
+            if rows:
+                axis.plot(
+                    [r["network_evaluations"] for r in rows],
+                    [r["metrics"]["ged"] for r in rows],
+                    style,
+                    color=colour,
+                    label=f"{variant} {sampler.upper()}",
+                )
     axis.set_xscale("log")
     axis.set_xlabel("network evaluations per sample")
     axis.set_ylabel("GED (lower is better)")
@@ -343,6 +369,52 @@ def plot_curve(records: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_reliability(records: list[dict], path: Path) -> None:
+    """Reliability diagram per method (pixels pooled over seeds and test images): mean soft
+    prediction against the annotators' foreground frequency in the same bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(4.6, 4.2), dpi=110)
+    axis.plot([0, 1], [0, 1], ":", color="grey", label="calibrated")
+    for method in METHODS:
+        rows = [r for r in records if r["method"] == method and "reliability" in r]
+        if not rows:
+            continue
+        pixels = np.sum([r["reliability"]["pixels"] for r in rows], axis=0)
+        totals = []
+        for key in ("predicted", "observed"):
+            values = np.array([[np.nan if v is None else v for v in r["reliability"][key]] for r in rows])
+            counts = np.array([r["reliability"]["pixels"] for r in rows])
+            totals.append(np.nansum(values * counts, axis=0))
+        used = pixels > 0
+        ece = np.mean([r["metrics"]["ece"] for r in rows])
+        axis.plot(
+            totals[0][used] / pixels[used],
+            totals[1][used] / pixels[used],
+            "o-",
+            label=f"{method} (ECE {ece:.3f})",
+        )
+    axis.set_xlabel("mean of the N samples (predicted foreground frequency)")
+    axis.set_ylabel("annotators' foreground frequency")
+    axis.set_title("BU-BIL test pixels: calibration")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_figures(out: Path, records: list[dict]) -> None:
+    curve = [r for r in records if r.get("curve")]
+    if curve:
+        plot_curve(curve, out.with_name(f"{out.stem}_sampler.png"))
+    if any("reliability" in r for r in records):
+        plot_reliability(records, out.with_name(f"{out.stem}_calibration.png"))
 
 
 def notes(args) -> str:
@@ -363,10 +435,12 @@ def notes(args) -> str:
         f"{args.samples} samples are copies of one argmax. Metrics: N={args.samples} samples per "
         "image, GED is the squared distance with i=j pairs, CI the harmonic mean, ece of the "
         "samples' mean vs the annotators' frequency. Sampler records (curve: true) use the first "
-        f"seed's cimd model on its first {s.curve_images} test images"
+        f"seed's model of each cimd variant on its first {s.curve_images} test images"
         + (f" (their central {args.curve_crop} px only)" if args.curve_crop else "")
         + "; seconds_per_image is the wall "
         f"time of drawing {args.samples} masks for one image."
+        + " cimd_x0: cimd with diffusion.prediction=sample (the network predicts the clean mask "
+        "instead of the noise; everything else equal)."
         + (f" cimd overrides: {', '.join(args.cimd_set)}." if args.cimd_set else "")
         + (" QUICK smoke run: tiny models and budgets, not a result." if args.quick else "")
         + (" Reduced for a 2-core CPU." if not torch.cuda.is_available() else "")
@@ -377,8 +451,8 @@ def run_method(method: str, args, train_set, test_set, seed: int, work: Path) ->
     """Train one method on one split, score it on the test images; for the first seed's CIMD
     model also the sampler curve. Returns the records."""
     class_map = bubil_class_map(IGNORE_VALUES)
-    if method == "cimd":
-        outcome, config = train_cimd(args, args.settings, train_set, seed, work)
+    if method in CIMD_VARIANTS:
+        outcome, config = train_cimd(args, method, args.settings, train_set, seed, work)
         model, _ = load_ambiguous_run(Path(outcome["run_dir"]))
         model = model.to(DEVICE)
         sampler = make_sampler(config, "ddim", args.settings.cimd_steps)
@@ -403,19 +477,23 @@ def run_method(method: str, args, train_set, test_set, seed: int, work: Path) ->
 
     # The test images and masks at the working resolution: (image, (H, W, M) class indices).
     test = MultiAnnotatorDataset(test_set, class_map, scale=args.scale, annotator="all")
-    metrics, per_image = score(draw, test, class_map)
+    metrics, per_image, reliability = score(draw, test, class_map)
     print(
         f"   {method:13s} seed {seed}: {outcome['final_step']} steps, "
         + ", ".join(f"{k} {metrics[k]:.4f}" for k in REPORTED[:7])
         + f", {per_image:.2f} s/image",
         flush=True,
     )
-    extra: dict = {"seconds_per_image": round(per_image, 3)}
-    if method == "cimd":
-        extra |= {"sampler": "ddim", "network_evaluations": args.settings.cimd_steps}
+    extra: dict = {"seconds_per_image": round(per_image, 3), "reliability": reliability}
+    if method in CIMD_VARIANTS:
+        extra |= {
+            "sampler": "ddim",
+            "network_evaluations": args.settings.cimd_steps,
+            "prediction": config.diffusion.prediction,
+        }
     records = [record(method, seed, metrics, outcome, args, test_set, **extra)]
-    if method == "cimd" and seed == args.seeds[0]:
-        records += sampler_curve(model, config, test, class_map, args, seed, outcome, test_set)
+    if method in CIMD_VARIANTS and seed == args.seeds[0] and not args.no_curve:
+        records += sampler_curve(method, model, config, test, class_map, args, seed, outcome, test_set)
     return records
 
 
@@ -445,12 +523,24 @@ def main() -> None:
         "e.g. diffusion.prediction=sample",
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--no-curve", action="store_true", help="skip the sampler curve")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only fold the records of these result files (parallel runs, each with its own --out) "
+        "into the result file, and redraw its figures",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (a few minutes on one core)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--work", type=Path, default=None, help="run folders (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.merge:
+        merge(args.out or RESULTS / "cimd_bubil.json", args.merge)
+        return
     args.settings = replace(QUICK if args.quick else CPU)
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     args.budget_min = args.budget_min or (0.1 if args.quick else 8.0)
@@ -465,17 +555,45 @@ def main() -> None:
     reduced = args.quick or DEVICE.type == "cpu"
 
     samples = discover_multi_annotator(args.data, layout="bubil", pool="experts")
-    records: list[dict] = []
+    # Seed and method pairs already in ``out`` (an interrupted run) are kept and not rerun.
+    previous = json.loads(out.read_text())["records"] if out.exists() and not args.quick else []
+    records: list[dict] = list(previous)
+    done = {(r["method"], r["seed"]) for r in previous if not r.get("curve")}
     for seed in args.seeds:
         train_set, test_set = split_images(samples, args.settings.test_images, seed)
         print(f"== seed {seed}: {len(train_set)} training, {len(test_set)} test images", flush=True)
+        # The held-out images as a BU-BIL folder, for `pathseg ambiguous sample` on the run folders.
+        link_bubil_folder(test_set, work / f"data_{seed}" / "test")
         for method in args.methods:
+            if (method, seed) in done:
+                continue
             records += run_method(method, args, train_set, test_set, seed, work)
             write_results(out, "cimd_bubil", reduced, notes(args), records)
-            curve = [r for r in records if r.get("curve")]
-            if curve and method == "cimd" and seed == args.seeds[0]:
-                plot_curve(curve, out.with_name(f"{out.stem}_sampler.png"))
+            write_figures(out, records)
     print(f"wrote {out}")
+
+
+def merge(out: Path, others: list[Path]) -> None:
+    """Fold the records of ``others`` into ``out`` (replacing the same method, seed, sampler and
+    evaluations) and redraw the figures; the commands of all runs are kept."""
+    payload = json.loads(out.read_text()) if out.exists() else json.loads(others[0].read_text())
+
+    def key(r: dict) -> tuple:
+        return r["method"], r["seed"], r.get("sampler"), r.get("network_evaluations"), bool(r.get("curve"))
+
+    records = payload["records"] if out.exists() else []
+    commands = [payload["command"]] if out.exists() else []
+    for other in others:
+        merged = json.loads(other.read_text())
+        commands.append(merged["command"])
+        for record in merged["records"]:
+            records = [r for r in records if key(r) != key(record)]
+            records.append(record)
+    payload["records"] = records
+    payload["command"] = "; ".join(dict.fromkeys(commands))
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_figures(out, records)
+    print(f"wrote {out} ({len(records)} records)")
 
 
 if __name__ == "__main__":
