@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from pathseg.inference.instances import InstanceSettings, separate_objects
-from pathseg.metrics import SegmentationEvaluator
+from pathseg.data.targets import hover_maps
+from pathseg.inference.instances import InstanceSettings, hover_instances, separate_objects
+from pathseg.metrics import SegmentationEvaluator, aji, panoptic_quality
 
 
 def disc(shape, centre, radius):
@@ -90,3 +92,42 @@ def test_evaluator_scores_objects_of_the_given_instance_map():
     assert merged["object_f1"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 1))
     assert split["object_f1"] == pytest.approx(1.0)
     assert split["dice"] == merged["dice"]  # pixel metrics do not depend on the instance map
+
+
+# ------------------------------------------------------------------------ HoVer post-processing
+
+
+def _touching_nuclei() -> np.ndarray:
+    """Hand-made nuclei: two discs that touch along a line, a lone ellipse, a speck."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    instances = np.zeros((64, 64), dtype=np.int32)
+    instances[(yy - 20) ** 2 + (xx - 16) ** 2 <= 81] = 1
+    instances[((yy - 20) ** 2 + (xx - 33) ** 2 <= 81) & (xx > 25)] = 2  # flattened against disc 1
+    instances[((yy - 46) / 6.0) ** 2 + ((xx - 40) / 11.0) ** 2 <= 1] = 3
+    instances[58:60, 5:7] = 4  # 4 px: under min_area
+    return instances
+
+
+def test_hover_post_processing_splits_touching_nuclei_from_perfect_maps() -> None:
+    truth = _touching_nuclei()
+    assert ndimage.label(truth > 0)[0].max() == 3  # the two discs form one component
+    predicted = hover_instances((truth > 0).astype(np.float32), hover_maps(truth))
+    assert predicted.dtype == np.int32 and predicted.max() == 3  # the speck is dropped
+    kept = np.where(truth == 4, 0, truth)
+    assert aji(predicted, kept) > 0.95
+    assert panoptic_quality(predicted, kept)["tp"] == 3
+
+
+def test_hover_post_processing_without_hv_cues_keeps_connected_nuclei_whole() -> None:
+    truth = _touching_nuclei()
+    predicted = hover_instances((truth > 0).astype(np.float32), np.zeros((2, 64, 64), np.float32))
+    # No sign change in flat maps: the touching pair stays one object, nothing is lost.
+    assert predicted.max() == 2
+    assert ((predicted > 0) == ((truth > 0) & (truth != 4))).all()
+
+
+def test_hover_post_processing_of_an_empty_prediction() -> None:
+    predicted = hover_instances(np.zeros((16, 16)), np.zeros((2, 16, 16)))
+    assert predicted.shape == (16, 16) and predicted.max() == 0
+    with pytest.raises(ValueError, match="hv must be"):
+        hover_instances(np.zeros((16, 16)), np.zeros((2, 8, 8)))

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from pathseg.metrics import aji, panoptic_quality
+from pathseg.metrics import NucleusEvaluator, aji, binary_dice, panoptic_quality
 
 
 def _put(inst: np.ndarray, r0: int, r1: int, c0: int, c1: int, value: int) -> None:
@@ -153,3 +153,58 @@ def test_many_nuclei_are_fast() -> None:
     aji(pred, gt)
     panoptic_quality(pred, gt)
     assert time.perf_counter() - start < 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Dice and the evaluator: means over images and pooled terms.
+
+
+def test_binary_dice_hand_worked() -> None:
+    pred, gt = _hand_case()
+    # Nucleus pixels: gt 16 + 4, pred 16 + 4, shared 12.
+    assert binary_dice(pred, gt) == pytest.approx(2 * 12 / 40)
+    empty = np.zeros_like(gt)
+    assert binary_dice(empty, empty) == 1.0
+    assert binary_dice(pred, empty) == 0.0
+
+
+def test_evaluator_means_and_pooled_terms_hand_worked() -> None:
+    pred, gt = _hand_case()
+    perfect = np.zeros((10, 10), dtype=np.int64)
+    _put(perfect, 2, 6, 2, 6, 1)  # 16 px, predicted exactly
+    evaluator = NucleusEvaluator()
+    first = evaluator.update(pred, gt, "a")
+    evaluator.update(perfect, perfect, "b")
+    assert first["aji"] == pytest.approx(12 / 28)
+    summary = evaluator.summary()
+    assert summary["num_images"] == 2
+    assert summary["aji"] == pytest.approx((12 / 28 + 1.0) / 2)
+    # Pooled AJI: (12 + 16) / (28 + 16); pooled PQ: TP 2, FP 1, FN 1, IoU sum 0.6 + 1.
+    assert summary["pooled_aji"] == pytest.approx(28 / 44)
+    assert summary["pooled_dq"] == pytest.approx(2 / 3)
+    assert summary["pooled_sq"] == pytest.approx(0.8)
+    assert summary["pooled_pq"] == pytest.approx(2 / 3 * 0.8)
+    assert summary["pq"] == pytest.approx((0.3 + 1.0) / 2)
+    assert summary["dice"] == pytest.approx((24 / 40 + 1.0) / 2)
+    assert summary["pooled_dice"] == pytest.approx((24 + 32) / (40 + 32))
+    assert [row["name"] for row in summary["per_image"]] == ["a", "b"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_evaluator_agrees_with_references(seed: int, instance_map) -> None:
+    evaluator = NucleusEvaluator()
+    pairs = []
+    for k in range(3):
+        gt = instance_map(seed * 10 + k, shape=(48, 48), sigma=1.5)
+        pred = np.roll(gt, shift=(k, 1), axis=(0, 1)) * 2
+        pairs.append((pred, gt))
+        row = evaluator.update(pred, gt)
+        assert row["aji"] == pytest.approx(_aji_reference(pred, gt), abs=1e-12)
+        assert row["pq"] == pytest.approx(_pq_reference(pred, gt)["pq"], abs=1e-12)
+    summary = evaluator.summary()
+    refs = [_pq_reference(p, g) for p, g in pairs]
+    tp, fp, fn = (sum(r[k] for r in refs) for k in ("tp", "fp", "fn"))
+    iou_sum = sum(r["sq"] * r["tp"] for r in refs)
+    assert summary["pooled_dq"] == pytest.approx(tp / (tp + 0.5 * fp + 0.5 * fn))
+    assert summary["pooled_sq"] == pytest.approx(iou_sum / tp)
+    assert summary["aji"] == pytest.approx(np.mean([_aji_reference(p, g) for p, g in pairs]))

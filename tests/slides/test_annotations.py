@@ -15,9 +15,7 @@ import pytest
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from pathseg.data.classes import ClassMap
-from pathseg.errors import ConfigError, DataError
-from pathseg.slides.annotations import (
+from pathseg.data.annotations import (
     Annotation,
     AnnotationWarning,
     class_indices,
@@ -26,6 +24,8 @@ from pathseg.slides.annotations import (
     rasterize_instances,
     read_annotations,
 )
+from pathseg.data.classes import ClassMap
+from pathseg.errors import ConfigError, DataError
 from tests.conftest import shared_data_or_skip
 
 # ------------------------------------------------------------------------------------- helpers

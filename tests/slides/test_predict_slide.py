@@ -18,7 +18,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pathseg.slides.annotations import rasterize, read_annotations
+from pathseg.data.annotations import rasterize, read_annotations
 from pathseg.slides.ometiff import read_label_ome_tiff_classes
 from tests.conftest import shared_data_or_skip
 from tests.test_cli import ENV, _run_main, one_line_error, run_cli, tiny_train_args

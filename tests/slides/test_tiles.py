@@ -13,11 +13,11 @@ import pytest
 import shapely
 from shapely.geometry import Polygon
 
+from pathseg.data.annotations import Annotation, rasterize, read_annotations
 from pathseg.data.classes import ClassMap
 from pathseg.data.folders import check_samples, discover_dataset
 from pathseg.data.io import read_image, read_label_image, write_image
 from pathseg.errors import ConfigError
-from pathseg.slides.annotations import Annotation, rasterize, read_annotations
 from pathseg.slides.reader import open_slide
 from pathseg.slides.tiles import write_annotation_tiles
 from tests.conftest import shared_data_or_skip

@@ -52,8 +52,19 @@ def data_check(
         str | None,
         typer.Option(help='Mask values meaning "not labelled", e.g. "255" for `data tiles` output.'),
     ] = None,
+    instances: Annotated[
+        bool,
+        typer.Option(
+            "--instances",
+            help="Check nucleus instance data instead: images/ with instances/ (label maps), "
+            "annotations/ (ImageScope XML, QuPath GeoJSON) or masks/ (binary, split into objects).",
+        ),
+    ] = False,
 ) -> None:
     """Open every image and mask and report the first problem (unreadable, size mismatch, bad values)."""
+    if instances:
+        _check_instances(folder, mask_suffix, ignore)
+        return
     from pathseg.data.classes import ClassMap
     from pathseg.data.folders import check_samples, discover_dataset
 
@@ -61,6 +72,33 @@ def data_check(
     samples = discover_dataset(folder, mask_suffix=mask_suffix)
     check_samples(samples, class_map)
     console.print(f"{folder}: {len(samples)} image/mask pairs, all readable and consistent")
+
+
+def _check_instances(folder: Path, mask_suffix: str, ignore: str | None) -> None:
+    """``data check --instances``: one line counting images, nuclei and where they come from."""
+    from rich.markup import escape
+
+    from pathseg.data.instances import check_instance_samples, discover_instance_dataset
+    from pathseg.errors import ConfigError
+
+    # Instance files are matched by the image stem and hold ids, not classes: these options
+    # would be silently ignored, so say so instead.
+    if mask_suffix or ignore is not None:
+        raise ConfigError("--mask-suffix and --ignore do not apply to --instances")
+    summary = check_instance_samples(discover_instance_dataset(folder))
+    kinds = summary["per_kind"]
+    line = (
+        f"{folder}: {summary['images']} images, {summary['nuclei']} nuclei; images from instance maps "
+        f"{kinds['instances']}, polygons {kinds['polygons']}, binary masks {kinds['binary']}"
+    )
+    if summary["approximate"]:
+        line += f"; {summary['approximate']} approximate (binary masks: touching nuclei merge)"
+    if summary["empty_polygons"]:
+        empty = summary["empty_polygons"]
+        line += (
+            f"; {empty} polygon{'s' if empty != 1 else ''} got no pixel (covered by later ones or too small)"
+        )
+    console.print(escape(line), soft_wrap=True)
 
 
 def data_patch_labels(
@@ -145,9 +183,9 @@ def data_tiles(
     ] = None,
 ) -> None:
     """Cut a slide and its polygon annotations into image/mask tiles that `pathseg train` reads."""
+    from pathseg.data.annotations import class_indices, clip_to_slide, read_annotations
     from pathseg.data.classes import ClassMap
     from pathseg.errors import ConfigError, DataError
-    from pathseg.slides.annotations import class_indices, clip_to_slide, read_annotations
     from pathseg.slides.reader import open_slide
     from pathseg.slides.tiles import write_annotation_tiles
 

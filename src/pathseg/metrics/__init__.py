@@ -25,7 +25,7 @@ from pathseg.metrics.distance import (
     image_diagonal,
 )
 from pathseg.metrics.evaluator import SegmentationEvaluator
-from pathseg.metrics.instances import aji, panoptic_quality
+from pathseg.metrics.instances import NucleusEvaluator, aji, binary_dice, panoptic_quality
 from pathseg.metrics.objects import (
     glas_object_metrics,
     label_objects,
@@ -37,8 +37,10 @@ from pathseg.metrics.overlap import confusion_matrix, dice_score, iou_score, sco
 
 __all__ = [
     "AmbiguityEvaluator",
+    "NucleusEvaluator",
     "SegmentationEvaluator",
     "aji",
+    "binary_dice",
     "boundary_coordinates",
     "calibration_error",
     "ci_score",

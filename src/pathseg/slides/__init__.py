@@ -2,7 +2,6 @@
 
 * ``reader``      open_slide / Slide: OpenSlide, tiffslide or a plain image behind one interface
 * ``tissue``      detect_tissue -> TissueMask (low resolution; PNG + QuPath GeoJSON)
-* ``annotations`` QuPath GeoJSON and Aperio ImageScope XML polygons -> label rasters
 * ``tiles``       annotated slide -> images/ + masks/ training tiles (unannotated = ignore)
 * ``blend``       TileGrid, StripBlender: overlap blending with one tile in memory
 * ``predict``     predict_slide: tissue tiles -> network -> blended labels on disk -> outputs (resumable)

@@ -3,7 +3,7 @@
 
 Tiles are cut at a chosen resolution (microns per pixel) over the bounding box of the
 annotations only, since the rest of a slide carries no labels. Each mask is the rasterised
-annotations of its tile (:func:`pathseg.slides.annotations.rasterize`) written with the class
+annotations of its tile (:func:`pathseg.data.annotations.rasterize`) written with the class
 map's stored values, so the folder round-trips through
 :func:`pathseg.data.folders.discover_dataset` and :meth:`ClassMap.encode` to the same class
 indices.
@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import shapely
 
+from pathseg.data.annotations import Annotation, Box, rasterize
 from pathseg.data.classes import ClassMap, Colour
 from pathseg.data.io import write_image, write_mask
 from pathseg.errors import ConfigError
-from pathseg.slides.annotations import Annotation, Box, rasterize
 from pathseg.slides.reader import Slide
 
 __all__ = ["write_annotation_tiles"]
