@@ -16,7 +16,18 @@ import pathseg
 from pathseg import cli
 
 SRC = Path(pathseg.__file__).parent
-EXPECTED = {"train", "evaluate", "predict", "models", "pretrain", "demo", "data", "weak", "ambiguous"}
+EXPECTED = {
+    "train",
+    "evaluate",
+    "predict",
+    "models",
+    "pretrain",
+    "demo",
+    "data",
+    "weak",
+    "ambiguous",
+    "nuclei",
+}
 NOT_COMMAND_MODULES = {"__init__", "__main__", "common"}
 
 

@@ -21,7 +21,7 @@ from pathseg.cli.common import print_error, print_warning
 from pathseg.errors import PathsegError
 
 # The one registration list: pathseg.cli.<name>.register(app) adds that module's commands.
-COMMAND_MODULES = ("train", "pretrain", "data", "weak", "demo", "ambiguous")
+COMMAND_MODULES = ("train", "pretrain", "data", "weak", "demo", "ambiguous", "nuclei")
 
 app = typer.Typer(
     help="Label-efficient segmentation of histopathology images.",
