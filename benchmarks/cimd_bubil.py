@@ -573,6 +573,22 @@ def main() -> None:
     print(f"wrote {out}")
 
 
+def summarise(records: list[dict]) -> dict:
+    """Mean and standard deviation over seeds of the main metrics, per method (main records only)."""
+    out = {}
+    for method in METHODS:
+        rows = [r for r in records if r["method"] == method and not r.get("curve")]
+        if rows:
+            out[method] = {"seeds": sorted(r["seed"] for r in rows)} | {
+                key: {
+                    "mean": round(float(np.mean([r["metrics"][key] for r in rows])), 4),
+                    "std": round(float(np.std([r["metrics"][key] for r in rows])), 4),
+                }
+                for key in ("ged", "hm_iou", "ci", "ece")
+            }
+    return out
+
+
 def merge(out: Path, others: list[Path]) -> None:
     """Fold the records of ``others`` into ``out`` (replacing the same method, seed, sampler and
     evaluations) and redraw the figures; the commands of all runs are kept."""
@@ -591,6 +607,7 @@ def merge(out: Path, others: list[Path]) -> None:
             records.append(record)
     payload["records"] = records
     payload["command"] = "; ".join(dict.fromkeys(commands))
+    payload["summary"] = summarise(records)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     write_figures(out, records)
     print(f"wrote {out} ({len(records)} records)")
