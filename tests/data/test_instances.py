@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pathseg.data import instances as inst
+from pathseg.data.annotations import AnnotationWarning
 from pathseg.data.instances import (
     MAX_INSTANCES,
     InstanceSample,
@@ -460,3 +461,15 @@ def test_cli_data_check_instances_broken_folder_is_one_line(tmp_path: Path) -> N
     assert code == 2 and len(lines) == 1, stderr
     assert "b.png" in lines[0] and "looks like a binary mask" in lines[0]
     assert "Traceback" not in stderr
+
+
+def test_quiet_reload_drops_polygon_repair_warnings(tmp_path: Path) -> None:
+    bow_tie = [(2, 2), (10, 10), (10, 2), (2, 10)]  # self-intersecting: repaired with a warning
+    sample = polygon_sample(tmp_path, [[bow_tie]])
+    with pytest.warns(AnnotationWarning, match="repaired"):
+        loud = load_instances(sample)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = load_instances(sample, quiet=True)
+    np.testing.assert_array_equal(loud, quiet)
+    assert loud.max() >= 1

@@ -51,7 +51,7 @@ from typing import TypedDict
 import numpy as np
 from scipy import ndimage
 
-from pathseg.data.annotations import rasterize_instances, read_annotations
+from pathseg.data.annotations import AnnotationWarning, rasterize_instances, read_annotations
 from pathseg.data.folders import _IMAGE_DIR_NAMES, _by_stem, _find_child, find_images
 from pathseg.data.io import IMAGE_EXTENSIONS, image_size, read_label_image, write_mask
 from pathseg.errors import DataError
@@ -325,19 +325,27 @@ def _load(sample: InstanceSample, shape: tuple[int, int] | None) -> tuple[np.nda
     return _load_binary(sample, shape), 0
 
 
-def load_instances(sample: InstanceSample, shape: tuple[int, int] | None = None) -> np.ndarray:
+def load_instances(
+    sample: InstanceSample, shape: tuple[int, int] | None = None, quiet: bool = False
+) -> np.ndarray:
     """The nucleus instance map of ``sample``: ``int32`` ``(H, W)``, ids ``1..n``, 0 background.
 
     ``shape`` is the image's ``(height, width)``; given, the map is checked against it (and
     polygons are rasterised at it without opening the image). Polygons are painted as the
-    module docstring describes; binary masks are split into 8-connected components.
+    module docstring describes; binary masks are split into 8-connected components. ``quiet``
+    drops the warnings about repaired or skipped polygons, for files already checked (and
+    warned about) once, e.g. by :func:`check_instance_samples` before training.
 
     Raises:
         DataError: (naming the label file) unreadable, not single-channel, a binary mask in
             ``instances/`` or a multi-valued map in ``masks/``, a polygon entirely outside the
             image, more than :data:`MAX_INSTANCES` nuclei, or a size that is not the image's.
     """
-    return _load(sample, shape)[0]
+    if not quiet:
+        return _load(sample, shape)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnnotationWarning)
+        return _load(sample, shape)[0]
 
 
 def check_instance_samples(samples: Sequence[InstanceSample]) -> InstanceSummary:

@@ -49,7 +49,7 @@ class NucleusDataset(Dataset):
         if index not in self._cache:
             sample = self.samples[index]
             image = read_image(sample.image)
-            self._cache[index] = (image, load_instances(sample, shape=image.shape[:2]))
+            self._cache[index] = (image, load_instances(sample, shape=image.shape[:2], quiet=True))
         return self._cache[index]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:

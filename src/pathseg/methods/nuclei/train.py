@@ -118,7 +118,7 @@ def score_samples(
     model.eval()
     for sample in samples:
         image = read_image(sample.image)
-        truth = load_instances(sample, shape=image.shape[:2])
+        truth = load_instances(sample, shape=image.shape[:2], quiet=True)
         predicted = predict_nuclei(model, image, config)[0]
         evaluator.update(predicted, truth, sample.stem)
         if keep is not None:
