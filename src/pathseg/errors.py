@@ -22,6 +22,19 @@ class DataError(PathsegError):
         self.problem = problem
         super().__init__(f"{path}: {problem}")
 
+    @staticmethod
+    def raise_first(errors: list[DataError]) -> None:
+        """Raise the first of the problems a check collected, counting the others in its
+        message (one line for the user, however many files are bad); nothing when empty."""
+        if not errors:
+            return
+        first = errors[0]
+        if len(errors) == 1:
+            raise first
+        raise DataError(
+            first.path, f"{first.problem} ({len(errors) - 1} more samples have problems)"
+        ) from first
+
 
 class ConfigError(PathsegError):
     """A configuration key or value is invalid."""

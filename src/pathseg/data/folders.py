@@ -229,13 +229,7 @@ def check_samples(samples: Sequence[Sample], class_map: ClassMap, *, full: bool 
     for warning in caught:
         if not (errors and issubclass(warning.category, LossyMaskWarning)):
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    if errors:
-        first = errors[0]
-        if len(errors) == 1:
-            raise first
-        raise DataError(
-            first.path, f"{first.problem} ({len(errors) - 1} more samples have problems)"
-        ) from first
+    DataError.raise_first(errors)
 
 
 def _strip_image_suffix(name: str) -> str:

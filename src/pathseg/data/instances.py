@@ -375,13 +375,7 @@ def check_instance_samples(samples: Sequence[InstanceSample]) -> InstanceSummary
                 continue
             nuclei += int(labels.max()) if labels.size else 0
             empty += lost
-    if errors:
-        first = errors[0]
-        if len(errors) == 1:
-            raise first
-        raise DataError(
-            first.path, f"{first.problem} ({len(errors) - 1} more samples have problems)"
-        ) from first
+    DataError.raise_first(errors)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     per_kind = {kind: sum(s.kind == kind for s in samples) for kind in KINDS}
