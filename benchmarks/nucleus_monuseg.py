@@ -209,6 +209,8 @@ def run_monai(args, seed: int, work: Path) -> tuple[dict, dict]:
         return criterion(prediction, target), {}
 
     result = fit(model, dataset, loss_fn, run_dir, replace(config.train), show_progress=False)
+    if args.eval_threads:  # test prediction is not part of the budget: it may use more cores
+        torch.set_num_threads(args.eval_threads)
     post = HoVerNetInstanceMapPostProcessing()  # MONAI's defaults
     tiles = HoVerNetTiles(result.model).eval()
     evaluator = NucleusEvaluator()
@@ -312,6 +314,9 @@ def main() -> None:
     parser.add_argument("--label-fraction", type=float, default=1.0)
     parser.add_argument("--test-images", type=int, default=None, help="first N test images (default all 14)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--eval-threads", type=int, default=None, help="threads for HoVerNet's test prediction (not budgeted)"
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None)
