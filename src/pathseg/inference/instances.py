@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import disk
 from skimage.segmentation import watershed
 
 from pathseg.data.targets import BOUNDARY, INTERIOR
@@ -94,7 +95,7 @@ def hover_instances(
     markers = foreground & (energy < settings.edge)
     markers = ndimage.binary_fill_holes(markers)
     if settings.opening > 0:
-        markers = ndimage.binary_opening(markers, structure=_disk(settings.opening))
+        markers = ndimage.binary_opening(markers, structure=disk(settings.opening).astype(bool))
     markers = ndimage.label(markers)[0]
     if settings.min_area > 0:
         markers = _drop_small(markers, settings.min_area)
@@ -104,11 +105,6 @@ def hover_instances(
     if orphans.max() > 0:
         instances = np.where(orphans > 0, orphans + instances.max(), instances).astype(np.int32)
     return _relabel(instances)
-
-
-def _disk(radius: int) -> np.ndarray:
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    return (yy * yy + xx * xx) <= radius * radius
 
 
 def class_probabilities(probs: np.ndarray, method: str) -> np.ndarray:
