@@ -45,6 +45,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -73,7 +74,11 @@ from pathseg.metrics import NucleusEvaluator
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("PATHSEG_SHARED_DATA", REPO.parent / "shared" / "data")) / "monuseg"
-METHODS = ("supervised", "monai_hovernet")
+METHODS = ("supervised", "monai_hovernet", "scratch", "nucleus_ssl", "genselfdiff")
+# The pretraining records: the same segmenter recipe as `supervised`, started from random weights
+# (scratch), from `pathseg nuclei pretrain` (--ssl-run: G_BA) or from `pathseg pretrain`
+# (--diffusion-run: the denoiser's U-Net with a new head, as GenSelfDiff fine-tunes).
+INITIALISED = {"nucleus_ssl": "ssl_run", "genselfdiff": "diffusion_run"}
 REPORTED = ("aji", "pq", "dq", "sq", "dice", "pooled_aji", "pooled_pq")
 HOVERNET_TILE = 256  # HoVerNet "fast" accepts exactly 256 x 256 inputs
 
@@ -107,8 +112,10 @@ QUICK = Settings(
 # ---------------------------------------------------------------------------- configuration
 
 
-def nuclei_config(args, seed: int, run_dir: Path, crop: int, test: Path | None = None) -> NucleiConfig:
-    """The pathseg nucleus config both methods share (data split, crops, engine settings)."""
+def nuclei_config(
+    args, seed: int, run_dir: Path, crop: int, test: Path | None = None, init: Path | None = None
+) -> NucleiConfig:
+    """The pathseg nucleus config every method shares (data split, crops, engine settings)."""
     overrides = [
         f"data.train={args.data / 'train'}",
         f"data.test={test or args.data / 'test'}",
@@ -125,6 +132,8 @@ def nuclei_config(args, seed: int, run_dir: Path, crop: int, test: Path | None =
     ]
     if args.threads:
         overrides.append(f"train.threads={args.threads}")
+    if init is not None:
+        overrides.append(f"init={init}")
     return resolve_config(NucleiConfig, None, overrides)
 
 
@@ -137,15 +146,16 @@ def test_samples(args) -> list:
 # ---------------------------------------------------------------------------- pathseg
 
 
-def run_supervised(args, seed: int, work: Path) -> tuple[dict, dict]:
+def run_supervised(args, seed: int, work: Path, method: str = "supervised") -> tuple[dict, dict]:
     """pathseg's nucleus segmenter; its own ``train`` scores ``data.test`` (limited by a folder
-    of links when ``--test-images`` is set)."""
-    run_dir = work / f"supervised_{seed}"
+    of links when ``--test-images`` is set). Pretraining records start from their run's weights."""
+    run_dir = work / f"{method}_{seed}_{args.label_fraction:g}"
+    init = getattr(args, INITIALISED[method]) if method in INITIALISED else None
     shutil.rmtree(run_dir, ignore_errors=True)
     tests = test_samples(args)
     subset = len(tests) < len(discover_instance_dataset(args.data / "test"))
     test = link_test(tests, work) if subset else None
-    config = nuclei_config(args, seed, run_dir, args.settings.crop, test)
+    config = nuclei_config(args, seed, run_dir, args.settings.crop, test, init)
     started = time.perf_counter()
     outcome = train(config, show_progress=False)
     eval_s = time.perf_counter() - started - outcome["train_seconds"]
@@ -258,6 +268,49 @@ def record(method: str, seed: int, metrics: dict, outcome: dict, args, **extra) 
     }
 
 
+def pretraining_info(args, method: str) -> dict:
+    """Where a pretrained record's weights came from, and that pretraining's throughput."""
+    if method not in INITIALISED:
+        return {}
+    run = Path(getattr(args, INITIALISED[method]))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    train_rows = [r for r in rows if "images_per_s" in r]
+    config = (run / "config.yaml").read_text()
+    return {
+        "init": str(run),
+        "pretrain_steps": max((r["step"] for r in train_rows), default=0),
+        "pretrain_minutes": round(max((r.get("train_seconds", 0) for r in train_rows), default=0) / 60, 2),
+        "pretrain_images_per_s": round(float(np.median([r["images_per_s"] for r in train_rows])), 2)
+        if train_rows
+        else None,
+        "pretrain_config_sha": hashlib.sha1(config.encode()).hexdigest()[:12],
+    }
+
+
+def gain_records(records: list[dict]) -> list[dict]:
+    """Per seed and label fraction: pretrained minus scratch AJI / PQ (points x 100)."""
+    by = {(r["method"], r["seed"], r["label_fraction"]): r for r in records}
+    out = []
+    for (method, seed, fraction), ours in by.items():
+        base = by.get(("scratch", seed, fraction))
+        if method not in INITIALISED or base is None:
+            continue
+        out.append(
+            {
+                "method": f"{method}_minus_scratch",
+                "dataset": "monuseg",
+                "split": "test",
+                "label_fraction": fraction,
+                "seed": seed,
+                "metrics": {
+                    f"{k}_gain_points": round(100 * (ours["metrics"][k] - base["metrics"][k]), 2)
+                    for k in ("aji", "pq", "dice")
+                },
+            }
+        )
+    return out
+
+
 def ratio_records(records: list[dict]) -> list[dict]:
     """pathseg / MONAI HoVerNet AJI and PQ per seed where both ran."""
     by = {(r["method"], r["seed"]): r for r in records}
@@ -321,7 +374,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--ssl-run", type=Path, default=None, help="`pathseg nuclei pretrain` run folder")
+    parser.add_argument("--diffusion-run", type=Path, default=None, help="`pathseg pretrain` run folder")
     args = parser.parse_args()
+    for method, option in INITIALISED.items():
+        if method in args.methods and getattr(args, option) is None:
+            parser.error(f"{method} needs --{option.replace('_', '-')}")
     args.settings = QUICK if args.quick else FULL
     if args.budget_min is None:
         args.budget_min = args.settings.budget_min
@@ -333,16 +391,26 @@ def main() -> None:
     for seed in args.seeds:
         for method in args.methods:
             print(f"== {method} seed {seed}: {args.budget_min:g} min", flush=True)
-            run = run_supervised if method == "supervised" else run_monai
-            metrics, outcome = run(args, seed, work)
-            records.append(record(method, seed, metrics, outcome, args))
+            if method == "monai_hovernet":
+                metrics, outcome = run_monai(args, seed, work)
+                extra = {}
+            else:
+                metrics, outcome = run_supervised(args, seed, work, method)
+                extra = pretraining_info(args, method)
+            records.append(record(method, seed, metrics, outcome, args, **extra))
             print(
                 f"   {method}: {outcome['final_step']} steps, "
                 + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
                 flush=True,
             )
-            write_results(out, name, reduced, notes(args, reduced), records + ratio_records(records))
-    records += ratio_records(records)
+            write_results(
+                out,
+                name,
+                reduced,
+                notes(args, reduced),
+                records + ratio_records(records) + gain_records(records),
+            )
+    records += ratio_records(records) + gain_records(records)
     write_results(out, name, reduced, notes(args, reduced), records)
     print(json.dumps(records, indent=2))
     print(f"wrote {out}")

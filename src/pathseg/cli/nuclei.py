@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
     )
     nuclei_app.command("train")(nuclei_train)
     nuclei_app.command("predict")(nuclei_predict)
+    nuclei_app.command("pretrain")(nuclei_pretrain)
     app.add_typer(nuclei_app, name="nuclei")
 
 
@@ -102,3 +103,60 @@ def nuclei_predict(
     rows = predict_folder(run, images, out, report=console.print)
     total = sum(row["nuclei"] for row in rows)
     console.print(f"{len(rows)} images, {total} nuclei -> [bold]{out}[/]")
+
+
+def nuclei_pretrain(
+    config: ConfigOption = None,
+    labelled: Annotated[
+        Path | None,
+        typer.Option(help="Labelled nucleus folder whose instance statistics the pseudo masks follow."),
+    ] = None,
+    images: Annotated[
+        list[Path] | None,
+        typer.Option("--images", help="Unlabeled H&E folder at the same magnification; repeatable."),
+    ] = None,
+    label_fraction: Annotated[
+        float | None, typer.Option(help="Fit the pseudo masks on this share of --labelled (as train does).")
+    ] = None,
+    monitor: Annotated[
+        Path | None,
+        typer.Option(help="Labelled (non-test) folder scored zero-shot at each evaluation; selects nothing."),
+    ] = None,
+    crop_size: Annotated[int | None, typer.Option(help="Training crop size in pixels.")] = None,
+    steps: StepsOption = None,
+    batch_size: BatchOption = None,
+    seed: SeedOption = None,
+    output: OutOption = None,
+    overrides: SetOption = None,
+    resume: ResumeOption = False,
+) -> None:
+    """Nucleus-aware pretraining: pseudo masks <-> H&E translation with instance guidance (UNITPathSSL).
+
+    Fine-tune the result with `pathseg nuclei train --init RUN_FOLDER`.
+    """
+    import json
+
+    from pathseg.methods.nuclei import NucleusPretrainConfig, pretrain
+
+    pairs = option_pairs(
+        [
+            ("data.labelled", labelled),
+            ("data.label_fraction", label_fraction),
+            ("data.monitor", monitor),
+            ("data.crop_size", crop_size),
+            ("train.steps", steps),
+            ("train.batch_size", batch_size),
+            ("train.seed", seed),
+            ("output", output),
+        ]
+    )
+    if images:
+        pairs.append("data.images=" + json.dumps([str(p) for p in images]))
+    cfg = run_config(NucleusPretrainConfig, config, output, pairs + list(overrides or []), resume)
+    console.print(f"run folder: [bold]{cfg.output}[/]")
+    outcome = pretrain(cfg, resume=resume)
+    rate = outcome.get("images_per_s")
+    if rate:
+        console.print(f"{rate:.2f} image pairs/s")
+    console.print(f"samples: {Path(cfg.output) / 'samples.png'}; report: {outcome['report']}")
+    console.print(f"pretrained segmenter: {Path(cfg.output) / 'model.safetensors'}")

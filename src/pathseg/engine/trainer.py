@@ -58,7 +58,8 @@ class TrainerConfig:
             how two recipes are compared at equal cost: each gets the same minutes, not the same steps.
         batch_size: samples per step on each process.
         optimizer: ``"adamw"`` or ``"sgd"`` (with ``momentum``; the DeepLab/WSSS recipes).
-        lr, weight_decay, momentum: optimizer settings (``momentum`` is used by SGD only).
+        lr, weight_decay, momentum, betas: optimizer settings (``momentum`` is used by SGD only,
+            ``betas`` by AdamW; adversarial training uses a lower first beta).
         warmup_steps: linear warm-up from 0 to ``lr``.
         schedule: ``"cosine"`` decays to ``lr * min_lr_ratio`` at ``steps``; ``"poly"`` multiplies
             ``lr`` by ``(1 - progress) ** 0.9`` (DeepLab); ``"constant"`` keeps ``lr``.
@@ -87,6 +88,7 @@ class TrainerConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 50
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     min_lr_ratio: float = 0.01
@@ -193,7 +195,9 @@ def make_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.Optim
         return torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas)
+    )
 
 
 def _move(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pathseg.config import resolve_config, to_plain
+from pathseg.config import ModelSection, resolve_config, to_plain
 from pathseg.data.instances import (
     InstanceSample,
     check_instance_samples,
@@ -38,7 +38,13 @@ from pathseg.methods.nuclei.data import NucleusDataset
 from pathseg.methods.nuclei.loss import hover_loss
 from pathseg.metrics import NucleusEvaluator
 from pathseg.models import create_model
-from pathseg.models.weights import load_weights, model_from_file, weights_path
+from pathseg.models.weights import (
+    is_denoiser,
+    load_weights,
+    model_from_file,
+    segmenter_from_pretrained,
+    weights_path,
+)
 
 __all__ = ["load_nucleus_run", "predict_nuclei", "score_samples", "split_samples", "train"]
 
@@ -80,9 +86,16 @@ def split_samples(config: NucleiConfig) -> tuple[list[InstanceSample], list[Inst
 
 
 def build_model(config: NucleiConfig, resume: bool = False) -> nn.Module:
-    """The configured network with 4 outputs; ``init`` loads matching weights (an encoder from
-    pretraining, or a whole earlier nucleus run) unless resuming."""
+    """The configured network with 4 outputs; ``init`` loads matching weights unless resuming: a
+    nucleus pretraining run (``pathseg nuclei pretrain``: its G_BA), an earlier nucleus run, any
+    weights file with matching names, or a diffusion denoiser (``pathseg pretrain``), which
+    replaces ``model`` by its own U-Net as in ``pathseg train``."""
     torch.manual_seed(config.train.seed)
+    if config.init is not None and not resume and is_denoiser(weights_path(config.init)):
+        model = segmenter_from_pretrained(weights_path(config.init), OUTPUT_CHANNELS)
+        architecture = {k: v for k, v in model.config.items() if k not in ("in_channels", "num_classes")}
+        config.model = ModelSection(**architecture)
+        return model
     model = create_model(
         config.model.name, in_channels=3, num_classes=OUTPUT_CHANNELS, **config.model.kwargs()
     )
